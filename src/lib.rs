@@ -1,0 +1,10 @@
+//! Switchboard: a real-time update router.
+//!
+//! The application stores an envelope in the journal and publishes it to the bus; the router
+//! forwards it to the WebSocket clients subscribed to its topic, having checked their
+//! Ed25519 tokens on subscribe. The router routes and nothing else.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the contract, pure (no I/O): envelope, frames, tokens, topics, keys, bus record.
+pub mod wire;
