@@ -7,4 +7,11 @@
 //! # Layout
 //!
 //! - [`wire`]: the contract, pure (no I/O): envelope, frames, tokens, topics, keys, bus record.
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod journal;
+pub mod metrics;
+pub mod router;
+pub mod telemetry;
 pub mod wire;

@@ -83,7 +83,14 @@ impl EnvelopeRef<'_> {
 
 impl Envelope {
     pub fn as_ref(&self) -> EnvelopeRef<'_> {
-        EnvelopeRef { topic: &self.topic, seq: self.seq, id: &self.id, ts: self.ts, kind: &self.kind, payload: &self.payload }
+        EnvelopeRef {
+            topic: &self.topic,
+            seq: self.seq,
+            id: &self.id,
+            ts: self.ts,
+            kind: &self.kind,
+            payload: &self.payload,
+        }
     }
 
     /// Encodes the envelope frame.

@@ -290,7 +290,9 @@ impl<'a> ServerFrame<'a> {
                 arity(n, 2, "2")?;
                 let count = r.array_len()?;
                 if count > MAX_RESYNC_TOPICS {
-                    return Err(DecodeError::TooLong { what: "resync topics", len: count, max: MAX_RESYNC_TOPICS }.into());
+                    return Err(
+                        DecodeError::TooLong { what: "resync topics", len: count, max: MAX_RESYNC_TOPICS }.into()
+                    );
                 }
                 let topics = (0..count).map(|_| read_topic(&mut r)).collect::<Result<_, _>>()?;
                 ServerFrame::Resync { topics }
@@ -323,10 +325,22 @@ mod tests {
         }
         assert_eq!(ClientFrame::decode(&[0x91, 0x09]), Err(FrameError::UnknownType(9)));
         assert!(matches!(ClientFrame::decode(&[0x90]), Err(FrameError::Decode(DecodeError::WrongArity { .. }))));
-        assert!(matches!(ClientFrame::decode(&[0x92, 0x03, 0xa1, b'x']), Err(FrameError::Decode(DecodeError::WrongType { .. }))));
-        assert!(matches!(ClientFrame::decode(&[0x93, 0x03, 0x01, 0x01]), Err(FrameError::Decode(DecodeError::WrongArity { .. }))));
-        assert!(matches!(ClientFrame::decode(&[0x92, 0x03, 0xce, 0xff, 0xff, 0xff, 0xff]), Ok(ClientFrame::Ping { id: u32::MAX })));
-        assert!(matches!(ClientFrame::decode(&[0x92, 0x03, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0]), Err(FrameError::Decode(DecodeError::WrongType { .. }))));
+        assert!(matches!(
+            ClientFrame::decode(&[0x92, 0x03, 0xa1, b'x']),
+            Err(FrameError::Decode(DecodeError::WrongType { .. }))
+        ));
+        assert!(matches!(
+            ClientFrame::decode(&[0x93, 0x03, 0x01, 0x01]),
+            Err(FrameError::Decode(DecodeError::WrongArity { .. }))
+        ));
+        assert!(matches!(
+            ClientFrame::decode(&[0x92, 0x03, 0xce, 0xff, 0xff, 0xff, 0xff]),
+            Ok(ClientFrame::Ping { id: u32::MAX })
+        ));
+        assert!(matches!(
+            ClientFrame::decode(&[0x92, 0x03, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0]),
+            Err(FrameError::Decode(DecodeError::WrongType { .. }))
+        ));
         let long = "x".repeat(201);
         let f = ClientFrame::Unsubscribe { id: 1, topic: &long }.encode();
         assert_eq!(ClientFrame::decode(&f), Err(FrameError::Topic(TopicError::TooLong { len: 201 })));

@@ -178,7 +178,12 @@ mod tests {
         let k = SigningKeyFile::new("k1", [7; 32]);
         let again = SigningKeyFile::parse(&k.to_text()).unwrap();
         assert_eq!(again.key.to_bytes(), [7; 32]);
-        let set = KeySet::parse(&format!("# rotation\n{}{}", k.public_text(), SigningKeyFile::new("k2", [8; 32]).public_text())).unwrap();
+        let set = KeySet::parse(&format!(
+            "# rotation\n{}{}",
+            k.public_text(),
+            SigningKeyFile::new("k2", [8; 32]).public_text()
+        ))
+        .unwrap();
         assert_eq!(set.kids(), ["k1", "k2"]);
         assert_eq!(set.get("k1"), Some(&k.key.verifying_key()));
     }
@@ -186,8 +191,14 @@ mod tests {
     #[test]
     fn refuses_bad_text_with_the_line() {
         assert_eq!(KeySet::parse("\nfoo bar").unwrap_err(), KeyError::Shape { line: 2 });
-        assert!(matches!(KeySet::parse(&SigningKeyFile::new("k", [1; 32]).to_text()), Err(KeyError::Tag { line: 1, .. })));
-        assert_eq!(KeySet::parse(&format!("{PUBLIC_TAG} k/1 AAAA")).unwrap_err(), KeyError::Kid { line: 1, kid: "k/1".into() });
+        assert!(matches!(
+            KeySet::parse(&SigningKeyFile::new("k", [1; 32]).to_text()),
+            Err(KeyError::Tag { line: 1, .. })
+        ));
+        assert_eq!(
+            KeySet::parse(&format!("{PUBLIC_TAG} k/1 AAAA")).unwrap_err(),
+            KeyError::Kid { line: 1, kid: "k/1".into() }
+        );
         assert_eq!(KeySet::parse(&format!("{PUBLIC_TAG} k1 AAAA")).unwrap_err(), KeyError::Encoding { line: 1 });
         let dup = SigningKeyFile::new("k1", [1; 32]).public_text().repeat(2);
         assert_eq!(KeySet::parse(&dup).unwrap_err(), KeyError::DuplicateKid("k1".into()));

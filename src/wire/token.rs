@@ -340,7 +340,10 @@ mod tests {
         assert_eq!(code("not base64!"), "token_malformed");
         assert_eq!(code("AAAA"), "token_malformed");
         assert_eq!(code(&"A".repeat(MAX_TOKEN_TEXT_BYTES + 1)), "token_too_large");
-        assert_eq!(verify(&mint(&c, &key(1)), &keys(), now, &P).unwrap().require("post:1").unwrap_err().code(), "topic_not_granted");
+        assert_eq!(
+            verify(&mint(&c, &key(1)), &keys(), now, &P).unwrap().require("post:1").unwrap_err().code(),
+            "topic_not_granted"
+        );
         // A flipped bit in the claims breaks the signature, not the decoder.
         let mut raw = URL_SAFE_NO_PAD.decode(mint(&c, &key(1))).unwrap();
         let last_claim_byte = raw.len() - 65;
@@ -357,7 +360,10 @@ mod tests {
         body[1] = 2; // version 2
         let sig = key(1).sign(&signed_message(&body));
         body.extend_from_slice(&sig.to_bytes());
-        assert_eq!(verify(&URL_SAFE_NO_PAD.encode(&body), &keys(), 1_700_000_001, &P), Err(TokenError::UnsupportedVersion(2)));
+        assert_eq!(
+            verify(&URL_SAFE_NO_PAD.encode(&body), &keys(), 1_700_000_001, &P),
+            Err(TokenError::UnsupportedVersion(2))
+        );
         let no_topics = Claims { topics: vec![], ..claims() };
         assert!(matches!(Claims::decode(&no_topics.encode()), Err(TokenError::Malformed(_))));
         let bad_topic = Claims { topics: vec!["has space".into()], ..claims() };

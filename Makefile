@@ -1,0 +1,33 @@
+# The front door. `make run` starts the whole thing on embedded defaults; `make test` is what
+# CI runs (.ci/run). Every target is plain commands a person can read and run by hand.
+
+CARGO ?= cargo
+BIN := target/release/switchboard
+
+.PHONY: run test test-rust lint bench fuzz chaos install release services
+
+release:
+	$(CARGO) build --release --workspace
+
+run: release
+	scripts/run.sh
+
+services:
+	scripts/services.sh rabbitmq postgres
+
+test: services
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: release
+	scripts/bench.sh
+
+fuzz:
+	scripts/fuzz.sh $(or $(SECONDS),30)
+
+install: release
+	scripts/install.sh

@@ -1,0 +1,6 @@
+//! What an application server links: it decides who may read what, and says so with tokens;
+//! it stores and publishes envelopes.
+
+pub mod issuer;
+
+pub use issuer::TokenIssuer;

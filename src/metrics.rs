@@ -1,0 +1,58 @@
+//! Metric names, in one place (docs/metrics.md explains each).
+//!
+//! Rules: counters end in `_total`, histograms in `_seconds` or `_bytes` and are real
+//! histograms (not summaries) so workers sum; labels are low-cardinality enums (`reason`,
+//! `worker`), never a topic, user or connection id.
+
+/// Open WebSocket connections (gauge).
+pub const CONNECTIONS: &str = "switchboard_connections";
+/// Connections accepted (counter).
+pub const CONNECTIONS_ACCEPTED: &str = "switchboard_connections_accepted_total";
+/// Connections refused before or at the upgrade, by `reason` (counter).
+pub const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
+/// Connections closed, by `reason` (counter).
+pub const CLOSES: &str = "switchboard_closes_total";
+/// Active subscriptions (gauge).
+pub const SUBSCRIPTIONS: &str = "switchboard_subscriptions";
+/// Topics with at least one local subscriber (gauge).
+pub const TOPICS: &str = "switchboard_topics";
+/// Envelopes received from the bus (counter).
+pub const ENVELOPES_RECEIVED: &str = "switchboard_envelopes_received_total";
+/// Envelopes received for a topic without local subscriber (counter).
+pub const ENVELOPES_UNROUTED: &str = "switchboard_envelopes_unrouted_total";
+/// Envelope frames queued to clients (counter).
+pub const DELIVERIES: &str = "switchboard_deliveries_total";
+/// Bytes written to clients (counter).
+pub const BYTES_OUT: &str = "switchboard_bytes_out_total";
+/// Envelopes dropped for a client, by `reason` (counter).
+pub const DROPS: &str = "switchboard_drops_total";
+/// Gap frames sent (counter).
+pub const GAPS: &str = "switchboard_gaps_total";
+/// Resync frames sent (counter).
+pub const RESYNCS: &str = "switchboard_resyncs_total";
+/// Token rejections, by `reason` (the token error code) (counter).
+pub const TOKEN_REJECTIONS: &str = "switchboard_token_rejections_total";
+/// Client frames rejected, by `reason` (the error code) (counter).
+pub const FRAMES_REJECTED: &str = "switchboard_frames_rejected_total";
+/// Client frames received (counter).
+pub const FRAMES_IN: &str = "switchboard_frames_in_total";
+/// Bus connection up (1) or down (0) (gauge).
+pub const BUS_CONNECTED: &str = "switchboard_bus_connected";
+/// Bus reconnects (counter).
+pub const BUS_RECONNECTS: &str = "switchboard_bus_reconnects_total";
+/// Envelopes seen at ingress with a seq not above the last one for their topic (counter).
+pub const BUS_SEQ_ANOMALIES: &str = "switchboard_bus_seq_anomalies_total";
+/// Envelope `ts` to the write to the client socket (histogram).
+pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
+/// Worker processes respawned by the supervisor (counter).
+pub const WORKER_RESTARTS: &str = "switchboard_worker_restarts_total";
+/// Journal appends (counter).
+pub const JOURNAL_APPENDS: &str = "switchboard_journal_appends_total";
+/// Envelopes stored but not yet confirmed by the bus (gauge).
+pub const OUTBOX_PENDING: &str = "switchboard_outbox_pending";
+/// Outbox publish attempts that failed and will be retried (counter).
+pub const OUTBOX_RETRIES: &str = "switchboard_outbox_retries_total";
+/// Reconciliation reads served (counter).
+pub const JOURNAL_READS: &str = "switchboard_journal_reads_total";
+/// Journal HTTP requests refused, by `reason` (counter).
+pub const JOURNAL_REJECTIONS: &str = "switchboard_journal_rejections_total";
