@@ -84,6 +84,8 @@ pub struct RouterConfig {
     pub drain_window_secs: u64,
     /// Seconds after SIGTERM by which every worker has exited. Default 15.
     pub shutdown_grace_secs: u64,
+    /// Directory for runtime files (per-worker metrics sockets). Default `run`.
+    pub runtime_dir: PathBuf,
 }
 
 /// Slow-consumer policy (see [`RouterConfig::slow_consumer`]).
@@ -114,6 +116,7 @@ impl Default for RouterConfig {
             max_violations: 8,
             drain_window_secs: 5,
             shutdown_grace_secs: 15,
+            runtime_dir: PathBuf::from("run"),
         }
     }
 }
@@ -341,6 +344,7 @@ impl Config {
         };
         self.tokens.key_files.iter_mut().for_each(fix);
         fix(&mut self.bus.local_dir);
+        fix(&mut self.router.runtime_dir);
         fix(&mut self.journal.sqlite_path);
         if let Some(tls) = &mut self.tls {
             fix(&mut tls.cert_file);
