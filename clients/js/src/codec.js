@@ -15,7 +15,7 @@
 // Decoding is strict like the Rust decoder (arity, types, limits), so a malformed frame is a
 // typed FrameError and never a half-filled object.
 
-import { Decoder, encode } from '@msgpack/msgpack';
+import { Decoder, Encoder } from '@msgpack/msgpack';
 
 export const FrameType = Object.freeze({
   SUBSCRIBE: 1,
@@ -74,6 +74,11 @@ export function topicError(topic) {
   }
   return null;
 }
+
+// One encoder for every client frame; `encode` returns a fresh, exactly sized copy (the
+// bytes handed to WebSocket.send), so reusing the encoder's scratch buffer is safe.
+const encoder = new Encoder({ initialBufferSize: 256 });
+const encode = (value) => encoder.encode(value);
 
 function checkU32(id) {
   if (!Number.isInteger(id) || id < 0 || id > Limits.MAX_U32) throw new RangeError(`request id ${id} is not a u32`);
