@@ -77,6 +77,7 @@ export class Switchboard {
    * @param {number} [o.tokenMarginSec=15] refetch a cached token this long before its exp
    * @param {number} [o.maxTokenRetries=3] consecutive token refusals before a subscription fails
    * @param {number} [o.maxHoleRounds=3] journal rounds without progress before a hole is skipped
+   * @param {number} [o.maxBuffered=10000] live envelopes held per topic during catch-up
    * @param {object} [o.backoff] Backoff options for reconnects (see backoff.js)
    */
   constructor({
@@ -93,6 +94,7 @@ export class Switchboard {
     tokenMarginSec = 15,
     maxTokenRetries = 3,
     maxHoleRounds = 3,
+    maxBuffered = 10_000,
     backoff = {},
   } = {}) {
     if (!url) throw new TypeError('url (the router WebSocket URL) is required');
@@ -102,7 +104,7 @@ export class Switchboard {
     this.journal = journalUrl ? new JournalClient({ baseUrl: journalUrl, fetch: fetchFn }) : null;
     this.clock = clock;
     this.random = random;
-    this.opts = { pingIntervalMs, pingTimeoutMs, connectTimeoutMs, pageLimit, tokenMarginSec, maxTokenRetries, maxHoleRounds };
+    this.opts = { pingIntervalMs, pingTimeoutMs, connectTimeoutMs, pageLimit, tokenMarginSec, maxTokenRetries, maxHoleRounds, maxBuffered };
     this.backoffOpts = { ...backoff, random };
     this.backoff = new Backoff(this.backoffOpts);
 
@@ -172,6 +174,17 @@ export class Switchboard {
     else if (!this.ws && !this.timers.reconnect) this.connect();
     this.updateState();
     return sub;
+  }
+
+  /**
+   * Skips the wait before the next reconnect attempt (call it on the browser's `online` or
+   * `visibilitychange` events). Does nothing while connected or connecting.
+   */
+  reconnectNow() {
+    if (this.closed || this.ws || this.subs.size === 0) return;
+    if (this.timers.reconnect !== null) this.clock.clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = null;
+    this.connect();
   }
 
   /** Closes every subscription and the socket, for good. */
@@ -418,7 +431,7 @@ export class Subscription {
   constructor(client, topic, { getToken, onEnvelope, onState, onReset, onError, afterSeq }) {
     this.client = client;
     this.topic = topic;
-    this.seq = new Sequencer(topic, { afterSeq });
+    this.seq = new Sequencer(topic, { afterSeq, maxBuffered: client.opts.maxBuffered });
     this.handlers = { getToken, onEnvelope, onState, onReset, onError };
     this.closed = false;
     this._state = null;
@@ -670,7 +683,8 @@ export class Subscription {
           this.deliver(this.seq.page(page.envelopes));
           if (this.closed) return;
           if (!page.more) break;
-          after = page.nextAfter;
+          // Live envelopes may have moved lastSeq past the page: no need to fetch those again.
+          after = Math.max(page.nextAfter, this.seq.lastSeq);
         }
         const fin = this.seq.finishCatchUp();
         this.deliver(fin.deliver);
@@ -720,7 +734,7 @@ export class Subscription {
         return this.closed ? null : page;
       } catch (err) {
         if (this.closed || err?.name === 'AbortError') return null;
-        if (err.status === 401) {
+        if (err.status === 401 || (err.status === 403 && err.code === 'topic_not_granted')) {
           this.dropToken(token);
           this.tokenFailures++;
           if (this.tokenFailures > c.opts.maxTokenRetries) {

@@ -10,16 +10,18 @@
 // - A live envelope that does not continue lastSeq waits in `buffer` (one per seq) and is
 //   merged in seq order once the journal fills the space before it.
 // - `target` is the highest seq known to exist (from a gap frame, a subscribe ack or a
-//   buffered envelope); catch-up is not finished before lastSeq reaches it.
+//   live envelope); catch-up is not finished before lastSeq reaches it.
+// - The buffer holds at most `maxBuffered` envelopes.
 
 export class Sequencer {
   /**
    * @param {string} topic
-   * @param {{ afterSeq?: number | null }} [opts] afterSeq: the last seq the application
-   *   already has (0: from the start). Null or absent: live only, the first seq seen (subscribe
-   *   ack or envelope) sets the baseline.
+   * @param {{ afterSeq?: number | null, maxBuffered?: number }} [opts] afterSeq: the last seq
+   *   the application already has (0: from the start). Null or absent: live only, the first
+   *   seq seen (subscribe ack or envelope) sets the baseline. maxBuffered: live envelopes held
+   *   at most; beyond it they are dropped and fetched from the journal instead.
    */
-  constructor(topic, { afterSeq = null } = {}) {
+  constructor(topic, { afterSeq = null, maxBuffered = 10_000 } = {}) {
     if (afterSeq !== null && !(Number.isSafeInteger(afterSeq) && afterSeq >= 0)) {
       throw new RangeError('afterSeq must be a non-negative integer or null');
     }
@@ -29,7 +31,8 @@ export class Sequencer {
     this.target = afterSeq ?? 0;
     /** @type {Map<number, object>} seq -> envelope, live envelopes held during catch-up */
     this.buffer = new Map();
-    this.stats = { delivered: 0, duplicates: 0, buffered: 0 };
+    this.maxBuffered = maxBuffered;
+    this.stats = { delivered: 0, duplicates: 0, buffered: 0, overflow: 0 };
   }
 
   /** Whether the application's position is known (so the journal can be asked). */
@@ -147,10 +150,16 @@ export class Sequencer {
     this.target = Math.max(this.target, afterSeq);
   }
 
+  // Memory stays bounded while the journal is slow or down: past maxBuffered, an envelope is
+  // not kept, only its seq (as the target), so catch-up fetches it from the journal.
   hold(env) {
+    this.target = Math.max(this.target, env.seq);
+    if (this.buffer.size >= this.maxBuffered) {
+      this.stats.overflow++;
+      return;
+    }
     this.buffer.set(env.seq, env);
     this.stats.buffered++;
-    this.target = Math.max(this.target, env.seq);
   }
 
   // Appends to `out` every buffered envelope that continues lastSeq; with `advance`, `out`

@@ -439,3 +439,31 @@ test('malformed and text frames are reported, not fatal', async () => {
   assert.deepEqual(r.seqs(), [1]);
   assert.deepEqual(errors, ['bad_frame', 'bad_frame']);
 });
+
+test('reconnectNow skips the backoff wait', async () => {
+  const { clock, sockets, sb } = setup();
+  record(sb, TOPIC);
+  sockets[0].open();
+  sockets[0].serverClose(1006);
+  assert.equal(sockets.length, 1);
+  sb.reconnectNow();
+  assert.equal(sockets.length, 2);
+  sb.reconnectNow(); // already connecting: nothing
+  assert.equal(sockets.length, 2);
+  assert.deepEqual(clock.pending(), [10_000], 'only the connect timeout is left');
+});
+
+test('journal 403 topic_not_granted: one fresh token, then the subscription fails', async () => {
+  const { journal, sockets, sb, errors } = setup({ maxTokenRetries: 1 });
+  const r = record(sb, TOPIC, { afterSeq: 0 });
+  journal.allow(`tok-${TOPIC}-1`, 'elsewhere');
+  journal.allow(`tok-${TOPIC}-2`, 'elsewhere');
+  sockets[0].open();
+  await settle();
+  ack(sockets[0], 1);
+  await settle();
+  assert.equal(r.sub.state, 'failed');
+  assert.deepEqual(r.tokens, [`tok-${TOPIC}-1`, `tok-${TOPIC}-2`]);
+  assert.deepEqual(errors, ['topic_not_granted']);
+  assert.deepEqual(sockets[0].sentOf(2).map((f) => f[2]), [TOPIC], 'unsubscribed from the router');
+});

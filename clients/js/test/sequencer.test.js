@@ -120,3 +120,18 @@ test('afterSeq must be a non-negative integer', () => {
   assert.throws(() => new Sequencer('t', { afterSeq: 1.5 }), RangeError);
   assert.throws(() => new Sequencer('t').beginCatchUp(), /baseline/);
 });
+
+test('the buffer is bounded; what overflows is fetched from the journal instead', () => {
+  const s = new Sequencer('t', { afterSeq: 0, maxBuffered: 2 });
+  s.live(env(3)); // jump
+  s.live(env(4));
+  s.live(env(5)); // over the bound: not kept, but known to exist
+  assert.equal(s.buffer.size, 2);
+  assert.equal(s.stats.overflow, 1);
+  s.beginCatchUp();
+  assert.deepEqual(seqs(s.page([env(1), env(2)])), [1, 2, 3, 4]);
+  assert.equal(s.finishCatchUp().done, false, '5 is still to fetch');
+  s.beginCatchUp();
+  assert.deepEqual(seqs(s.page([env(5)])), [5]);
+  assert.equal(s.finishCatchUp().done, true);
+});
