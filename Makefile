@@ -13,11 +13,12 @@ run: release
 	scripts/run.sh
 
 services:
-	scripts/services.sh rabbitmq postgres
+	scripts/services.sh rabbitmq postgres php
 
 test: services
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
+	clients/test.sh
 
 lint:
 	$(CARGO) fmt --all --check
