@@ -30,7 +30,11 @@ pub enum KeyError {
     #[error("line {line}: expected `<tag> <kid> <base64url key>`")]
     Shape { line: usize },
     #[error("line {line}: unknown tag {tag:?} (expected {expected})")]
-    Tag { line: usize, tag: String, expected: &'static str },
+    Tag {
+        line: usize,
+        tag: String,
+        expected: &'static str,
+    },
     #[error("line {line}: key id {kid:?} must be 1..={MAX_KID_BYTES} bytes of [A-Za-z0-9._-]")]
     Kid { line: usize, kid: String },
     #[error("line {line}: key is not 32 bytes of base64url")]
@@ -47,10 +51,15 @@ pub enum KeyError {
 pub fn valid_kid(kid: &str) -> bool {
     !kid.is_empty()
         && kid.len() <= MAX_KID_BYTES
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn lines<'a>(text: &'a str, tag: &'static str) -> impl Iterator<Item = Result<(String, [u8; 32]), KeyError>> + 'a {
+fn lines<'a>(
+    text: &'a str,
+    tag: &'static str,
+) -> impl Iterator<Item = Result<(String, [u8; 32]), KeyError>> + 'a {
     text.lines().enumerate().filter_map(move |(i, l)| {
         let line = i + 1;
         let l = l.trim();
@@ -58,15 +67,31 @@ fn lines<'a>(text: &'a str, tag: &'static str) -> impl Iterator<Item = Result<(S
             return None;
         }
         let parts: Vec<&str> = l.split_whitespace().collect();
-        let [t, kid, key] = parts[..] else { return Some(Err(KeyError::Shape { line })) };
+        let [t, kid, key] = parts[..] else {
+            return Some(Err(KeyError::Shape { line }));
+        };
         if t != tag {
-            return Some(Err(KeyError::Tag { line, tag: t.to_owned(), expected: tag }));
+            return Some(Err(KeyError::Tag {
+                line,
+                tag: t.to_owned(),
+                expected: tag,
+            }));
         }
         if !valid_kid(kid) {
-            return Some(Err(KeyError::Kid { line, kid: kid.to_owned() }));
+            return Some(Err(KeyError::Kid {
+                line,
+                kid: kid.to_owned(),
+            }));
         }
-        let bytes = URL_SAFE_NO_PAD.decode(key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-        Some(bytes.map(|b| (kid.to_owned(), b)).ok_or(KeyError::Encoding { line }))
+        let bytes = URL_SAFE_NO_PAD
+            .decode(key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        Some(
+            bytes
+                .map(|b| (kid.to_owned(), b))
+                .ok_or(KeyError::Encoding { line }),
+        )
     })
 }
 
@@ -79,13 +104,18 @@ pub struct SigningKeyFile {
 
 impl std::fmt::Debug for SigningKeyFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyFile").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKeyFile")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl SigningKeyFile {
     pub fn new(kid: &str, seed: [u8; 32]) -> Self {
-        Self { kid: kid.to_owned(), key: SigningKey::from_bytes(&seed) }
+        Self {
+            kid: kid.to_owned(),
+            key: SigningKey::from_bytes(&seed),
+        }
     }
 
     /// Parses the secret key text (exactly one key).
@@ -101,7 +131,11 @@ impl SigningKeyFile {
 
     /// The secret key text.
     pub fn to_text(&self) -> String {
-        format!("{SECRET_TAG} {} {}\n", self.kid, URL_SAFE_NO_PAD.encode(self.key.to_bytes()))
+        format!(
+            "{SECRET_TAG} {} {}\n",
+            self.kid,
+            URL_SAFE_NO_PAD.encode(self.key.to_bytes())
+        )
     }
 
     /// The matching public key text.
@@ -112,7 +146,10 @@ impl SigningKeyFile {
 
 /// One public key line.
 pub fn public_line(kid: &str, key: &VerifyingKey) -> String {
-    format!("{PUBLIC_TAG} {kid} {}\n", URL_SAFE_NO_PAD.encode(key.to_bytes()))
+    format!(
+        "{PUBLIC_TAG} {kid} {}\n",
+        URL_SAFE_NO_PAD.encode(key.to_bytes())
+    )
 }
 
 /// The public keys a verifier trusts, by kid.
@@ -127,7 +164,8 @@ impl KeySet {
         let mut set = KeySet::default();
         for (n, item) in lines(text, PUBLIC_TAG).enumerate() {
             let (kid, bytes) = item?;
-            let vk = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Point { line: n + 1 })?;
+            let vk =
+                VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Point { line: n + 1 })?;
             set.insert(&kid, vk)?;
         }
         Ok(set)
@@ -178,19 +216,45 @@ mod tests {
         let k = SigningKeyFile::new("k1", [7; 32]);
         let again = SigningKeyFile::parse(&k.to_text()).unwrap();
         assert_eq!(again.key.to_bytes(), [7; 32]);
-        let set = KeySet::parse(&format!("# rotation\n{}{}", k.public_text(), SigningKeyFile::new("k2", [8; 32]).public_text())).unwrap();
+        let set = KeySet::parse(&format!(
+            "# rotation\n{}{}",
+            k.public_text(),
+            SigningKeyFile::new("k2", [8; 32]).public_text()
+        ))
+        .unwrap();
         assert_eq!(set.kids(), ["k1", "k2"]);
         assert_eq!(set.get("k1"), Some(&k.key.verifying_key()));
     }
 
     #[test]
     fn refuses_bad_text_with_the_line() {
-        assert_eq!(KeySet::parse("\nfoo bar").unwrap_err(), KeyError::Shape { line: 2 });
-        assert!(matches!(KeySet::parse(&SigningKeyFile::new("k", [1; 32]).to_text()), Err(KeyError::Tag { line: 1, .. })));
-        assert_eq!(KeySet::parse(&format!("{PUBLIC_TAG} k/1 AAAA")).unwrap_err(), KeyError::Kid { line: 1, kid: "k/1".into() });
-        assert_eq!(KeySet::parse(&format!("{PUBLIC_TAG} k1 AAAA")).unwrap_err(), KeyError::Encoding { line: 1 });
+        assert_eq!(
+            KeySet::parse("\nfoo bar").unwrap_err(),
+            KeyError::Shape { line: 2 }
+        );
+        assert!(matches!(
+            KeySet::parse(&SigningKeyFile::new("k", [1; 32]).to_text()),
+            Err(KeyError::Tag { line: 1, .. })
+        ));
+        assert_eq!(
+            KeySet::parse(&format!("{PUBLIC_TAG} k/1 AAAA")).unwrap_err(),
+            KeyError::Kid {
+                line: 1,
+                kid: "k/1".into()
+            }
+        );
+        assert_eq!(
+            KeySet::parse(&format!("{PUBLIC_TAG} k1 AAAA")).unwrap_err(),
+            KeyError::Encoding { line: 1 }
+        );
         let dup = SigningKeyFile::new("k1", [1; 32]).public_text().repeat(2);
-        assert_eq!(KeySet::parse(&dup).unwrap_err(), KeyError::DuplicateKid("k1".into()));
-        assert_eq!(SigningKeyFile::parse("# nothing").unwrap_err(), KeyError::Empty);
+        assert_eq!(
+            KeySet::parse(&dup).unwrap_err(),
+            KeyError::DuplicateKid("k1".into())
+        );
+        assert_eq!(
+            SigningKeyFile::parse("# nothing").unwrap_err(),
+            KeyError::Empty
+        );
     }
 }

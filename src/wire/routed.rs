@@ -63,7 +63,9 @@ impl<'a> Routed<'a> {
     /// Reads one record from the front of `buf`: `Ok(None)` when more bytes are needed,
     /// else the record and the bytes it used.
     pub fn decode_prefix(buf: &'a [u8]) -> Result<Option<(Routed<'a>, usize)>, RecordError> {
-        let Some(head) = buf.get(..4) else { return Ok(None) };
+        let Some(head) = buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(len));
@@ -71,7 +73,9 @@ impl<'a> Routed<'a> {
         if len < 1 + 1 + 8 + 1 {
             return Err(RecordError::TooSmall(len));
         }
-        let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+        let Some(body) = buf.get(4..4 + len) else {
+            return Ok(None);
+        };
         let tlen = body[0] as usize;
         if 1 + tlen + 8 >= len {
             return Err(RecordError::TooSmall(len));
@@ -84,7 +88,14 @@ impl<'a> Routed<'a> {
         if frame.is_empty() {
             return Err(RecordError::EmptyFrame);
         }
-        Ok(Some((Routed { topic, seq: u64::from_be_bytes(seq), frame }, 4 + len)))
+        Ok(Some((
+            Routed {
+                topic,
+                seq: u64::from_be_bytes(seq),
+                frame,
+            },
+            4 + len,
+        )))
     }
 }
 
@@ -94,7 +105,11 @@ mod tests {
 
     #[test]
     fn streams_in_pieces() {
-        let r = Routed { topic: "post:1", seq: 9, frame: b"\x91\x13" };
+        let r = Routed {
+            topic: "post:1",
+            seq: 9,
+            frame: b"\x91\x13",
+        };
         let mut buf = r.encode();
         r.encode_into(&mut buf);
         let one = buf.len() / 2;
@@ -102,9 +117,23 @@ mod tests {
             assert_eq!(Routed::decode_prefix(&buf[..cut]), Ok(None));
         }
         assert_eq!(Routed::decode_prefix(&buf), Ok(Some((r, one))));
-        assert_eq!(Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]), Err(RecordError::TooLarge(u32::MAX as usize)));
-        assert_eq!(Routed::decode_prefix(&[0, 0, 0, 1, 0]), Err(RecordError::TooSmall(1)));
-        let bad = Routed { topic: "a b", seq: 1, frame: b"x" }.encode();
-        assert!(matches!(Routed::decode_prefix(&bad), Err(RecordError::Topic(_))));
+        assert_eq!(
+            Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]),
+            Err(RecordError::TooLarge(u32::MAX as usize))
+        );
+        assert_eq!(
+            Routed::decode_prefix(&[0, 0, 0, 1, 0]),
+            Err(RecordError::TooSmall(1))
+        );
+        let bad = Routed {
+            topic: "a b",
+            seq: 1,
+            frame: b"x",
+        }
+        .encode();
+        assert!(matches!(
+            Routed::decode_prefix(&bad),
+            Err(RecordError::Topic(_))
+        ));
     }
 }
