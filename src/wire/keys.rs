@@ -56,10 +56,17 @@ pub fn valid_kid(kid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// One key line that parsed: its 1-based line number in the text, kid and raw key bytes.
+struct KeyLine {
+    line: usize,
+    kid: String,
+    bytes: [u8; 32],
+}
+
 fn lines<'a>(
     text: &'a str,
     tag: &'static str,
-) -> impl Iterator<Item = Result<(String, [u8; 32]), KeyError>> + 'a {
+) -> impl Iterator<Item = Result<KeyLine, KeyError>> + 'a {
     text.lines().enumerate().filter_map(move |(i, l)| {
         let line = i + 1;
         let l = l.trim();
@@ -89,7 +96,11 @@ fn lines<'a>(
             .and_then(|b| <[u8; 32]>::try_from(b).ok());
         Some(
             bytes
-                .map(|b| (kid.to_owned(), b))
+                .map(|bytes| KeyLine {
+                    line,
+                    kid: kid.to_owned(),
+                    bytes,
+                })
                 .ok_or(KeyError::Encoding { line }),
         )
     })
@@ -121,12 +132,11 @@ impl SigningKeyFile {
     /// Parses the secret key text (exactly one key).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let mut it = lines(text, SECRET_TAG);
-        let (kid, seed) = it.next().ok_or(KeyError::Empty)??;
+        let first = it.next().ok_or(KeyError::Empty)??;
         if let Some(extra) = it.next() {
-            extra?;
-            return Err(KeyError::Shape { line: 2 });
+            return Err(KeyError::Shape { line: extra?.line });
         }
-        Ok(Self::new(&kid, seed))
+        Ok(Self::new(&first.kid, first.bytes))
     }
 
     /// The secret key text.
@@ -159,14 +169,17 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// Parses public key text (one or more lines).
+    /// Parses public key text (one or more key lines; none at all is [`KeyError::Empty`],
+    /// since a verifier without keys refuses every token).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
         let mut set = KeySet::default();
-        for (n, item) in lines(text, PUBLIC_TAG).enumerate() {
-            let (kid, bytes) = item?;
-            let vk =
-                VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Point { line: n + 1 })?;
+        for item in lines(text, PUBLIC_TAG) {
+            let KeyLine { line, kid, bytes } = item?;
+            let vk = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Point { line })?;
             set.insert(&kid, vk)?;
+        }
+        if set.is_empty() {
+            return Err(KeyError::Empty);
         }
         Ok(set)
     }
@@ -254,6 +267,41 @@ mod tests {
         );
         assert_eq!(
             SigningKeyFile::parse("# nothing").unwrap_err(),
+            KeyError::Empty
+        );
+    }
+
+    #[test]
+    fn line_numbers_count_comments_and_blanks() {
+        // Regression: these used to count key lines only (Point) or assume line 2 (Shape).
+        let not_a_point = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| VerifyingKey::from_bytes(k).is_err())
+            .unwrap();
+        let text = format!(
+            "# keys\n\n{PUBLIC_TAG} k1 {}\n",
+            URL_SAFE_NO_PAD.encode(not_a_point)
+        );
+        assert_eq!(
+            KeySet::parse(&text).unwrap_err(),
+            KeyError::Point { line: 3 }
+        );
+        let two = format!(
+            "{}# second\n{}",
+            SigningKeyFile::new("k1", [1; 32]).to_text(),
+            SigningKeyFile::new("k2", [2; 32]).to_text()
+        );
+        assert_eq!(
+            SigningKeyFile::parse(&two).unwrap_err(),
+            KeyError::Shape { line: 3 }
+        );
+    }
+
+    #[test]
+    fn a_public_key_file_without_keys_is_refused() {
+        assert_eq!(KeySet::parse("").unwrap_err(), KeyError::Empty);
+        assert_eq!(
+            KeySet::parse("# none yet\n\n").unwrap_err(),
             KeyError::Empty
         );
     }
