@@ -17,7 +17,10 @@
 use thiserror::Error;
 
 use super::envelope::{self, EnvelopeRef};
-use super::limits::{MAX_RESYNC_TOPICS, MAX_TOKEN_TEXT_BYTES, MAX_TOPIC_BYTES};
+use super::limits::{
+    MAX_ENVELOPE_BYTES, MAX_ERROR_CODE_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_RESYNC_TOPICS,
+    MAX_TOKEN_TEXT_BYTES, MAX_TOPIC_BYTES,
+};
 use super::msgpack::{DecodeError, Reader, write};
 use super::topic::{self, TopicError};
 
@@ -313,6 +316,13 @@ impl<'a> ServerFrame<'a> {
 
     /// Decodes a router frame (for Rust clients: tests, the bench, the verifying client).
     pub fn decode(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        // The envelope is the largest router frame; every other kind is far smaller.
+        if bytes.len() > MAX_ENVELOPE_BYTES {
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                max: MAX_ENVELOPE_BYTES,
+            });
+        }
         let mut r = Reader::new(bytes);
         let n = r.array_len()?;
         if n == 0 {
@@ -333,8 +343,8 @@ impl<'a> ServerFrame<'a> {
                 arity(n, 4, "4")?;
                 ServerFrame::Error {
                     id: r.u32()?,
-                    code: r.str("code", 64)?,
-                    message: r.str("message", 1024)?,
+                    code: r.str("code", MAX_ERROR_CODE_BYTES)?,
+                    message: r.str("message", MAX_ERROR_MESSAGE_BYTES)?,
                 }
             }
             TYPE_PONG => {
@@ -370,7 +380,7 @@ impl<'a> ServerFrame<'a> {
                 arity(n, 3, "3")?;
                 ServerFrame::Unsubscribed {
                     topic: read_topic(&mut r)?,
-                    code: r.str("code", 64)?,
+                    code: r.str("code", MAX_ERROR_CODE_BYTES)?,
                 }
             }
             t => return Err(FrameError::UnknownType(t)),
@@ -446,5 +456,33 @@ mod tests {
             ClientFrame::decode(b"\xc1").unwrap_err().code(),
             ErrorCode::BadFrame
         );
+    }
+
+    #[test]
+    fn server_decode_bounds_envelopes_like_envelope_decode() {
+        // Regression: ServerFrame::decode skipped the MAX_ENVELOPE_BYTES check.
+        let frame_of = |len: usize| {
+            crate::wire::Envelope {
+                topic: "post:1".into(),
+                seq: 1,
+                id: "e1".into(),
+                ts: 1,
+                kind: "k".into(),
+                payload: vec![0; len],
+            }
+            .encode()
+        };
+        let overhead = frame_of(70_000).len() - 70_000;
+        let at_limit = frame_of(MAX_ENVELOPE_BYTES - overhead);
+        assert_eq!(at_limit.len(), MAX_ENVELOPE_BYTES);
+        assert!(ServerFrame::decode(&at_limit).is_ok());
+        assert!(envelope::decode(&at_limit).is_ok());
+        let over = frame_of(MAX_ENVELOPE_BYTES - overhead + 1);
+        let too_large = FrameError::TooLarge {
+            len: MAX_ENVELOPE_BYTES + 1,
+            max: MAX_ENVELOPE_BYTES,
+        };
+        assert_eq!(ServerFrame::decode(&over), Err(too_large.clone()));
+        assert_eq!(envelope::decode(&over), Err(too_large));
     }
 }
