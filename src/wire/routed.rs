@@ -43,8 +43,13 @@ pub enum RecordError {
 }
 
 impl<'a> Routed<'a> {
-    /// Appends the length-prefixed record to `out`.
+    /// Appends the length-prefixed record to `out`. The topic must be valid (at most
+    /// 200 bytes, so its length fits the one-byte prefix) and the frame non-empty.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        debug_assert!(
+            self.topic.len() <= MAX_TOPIC_BYTES,
+            "topic too long for a record"
+        );
         let len = 1 + self.topic.len() + 8 + self.frame.len();
         out.reserve(4 + len);
         out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -77,7 +82,7 @@ impl<'a> Routed<'a> {
             return Ok(None);
         };
         let tlen = body[0] as usize;
-        if 1 + tlen + 8 >= len {
+        if 1 + tlen + 8 > len {
             return Err(RecordError::TooSmall(len));
         }
         let topic = std::str::from_utf8(&body[1..1 + tlen]).map_err(|_| RecordError::TopicUtf8)?;
@@ -135,5 +140,24 @@ mod tests {
             Routed::decode_prefix(&bad),
             Err(RecordError::Topic(_))
         ));
+    }
+
+    #[test]
+    fn an_empty_frame_is_named() {
+        // Regression: the header check swallowed this case as TooSmall.
+        let r = Routed {
+            topic: "post:1",
+            seq: 1,
+            frame: b"",
+        };
+        assert_eq!(
+            Routed::decode_prefix(&r.encode()),
+            Err(RecordError::EmptyFrame)
+        );
+        // A topic length that runs past the record is still TooSmall.
+        assert_eq!(
+            Routed::decode_prefix(&[0, 0, 0, 11, 3, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(RecordError::TooSmall(11))
+        );
     }
 }

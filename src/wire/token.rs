@@ -205,7 +205,8 @@ impl Claims {
         if now > self.exp.saturating_add(policy.skew_secs) {
             return Err(TokenError::Expired { exp: self.exp, now });
         }
-        let ttl = self.exp - self.iat;
+        // Decoded claims have exp >= iat; hand-built ones may not, and must not panic here.
+        let ttl = self.exp.saturating_sub(self.iat);
         if ttl > policy.max_ttl_secs {
             return Err(TokenError::TtlTooLong {
                 ttl,
