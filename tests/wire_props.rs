@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use switchboard::wire::envelope::{self, Envelope};
 use switchboard::wire::frame::{ClientFrame, FrameError, ServerFrame};
 use switchboard::wire::keys::{KeySet, SigningKeyFile};
-use switchboard::wire::limits::{MAX_RESYNC_TOPICS, MAX_TOKEN_TOPICS};
+use switchboard::wire::limits::{MAX_RESYNC_TOPICS, MAX_TOKEN_TEXT_BYTES, MAX_TOKEN_TOPICS};
 use switchboard::wire::msgpack::DecodeError;
 use switchboard::wire::routed::Routed;
 use switchboard::wire::token::{self, Claims, TokenError, TokenPolicy};
@@ -308,6 +308,25 @@ mod tokens {
             prop_assert!(c.check_times(c.exp + 30, &POLICY).is_ok());
             prop_assert_eq!(c.check_times(c.exp + 31, &POLICY).unwrap_err().code(), "token_expired");
         }
+    }
+
+    #[test]
+    fn the_text_limit_binds_before_the_claim_limits() {
+        let c = Claims {
+            kid: "k1".into(),
+            sub: "s".repeat(256),
+            topics: (0..MAX_TOKEN_TOPICS)
+                .map(|i| format!("{i:0>200}"))
+                .collect(),
+            iat: 1,
+            exp: 2,
+            nbf: None,
+        };
+        assert_eq!(Claims::decode(&c.encode()).unwrap(), c);
+        let text = token::mint(&c, &SigningKeyFile::new("k1", [1; 32]).key);
+        assert!(text.len() > MAX_TOKEN_TEXT_BYTES);
+        let r = token::verify(&text, &key_set("k1", [1; 32]), 1, &POLICY);
+        assert_eq!(r.unwrap_err().code(), "token_too_large");
     }
 
     proptest! {
