@@ -39,10 +39,16 @@ fuzz_target!(|data: &[u8]| {
     // 3. Claims alone: decode, then sign for real and verify, the success path.
     if let Ok(claims) = Claims::decode(data) {
         assert_eq!(Claims::decode(&claims.encode()), Ok(claims.clone()));
-        let claims = Claims { kid: "k1".into(), ..claims };
+        let claims = Claims {
+            kid: "k1".into(),
+            ..claims
+        };
         let minted = token::mint(&claims, &KEY.key);
         let start = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
-        let lenient = TokenPolicy { skew_secs: 0, max_ttl_secs: u64::MAX };
+        let lenient = TokenPolicy {
+            skew_secs: 0,
+            max_ttl_secs: u64::MAX,
+        };
         match token::verify(&minted, &KEYS, start, &lenient) {
             Ok(verified) => assert_eq!(verified, claims),
             // Claims within every per-field limit can still make text above the text limit.
