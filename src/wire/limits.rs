@@ -19,5 +19,9 @@ pub const MAX_KIND_BYTES: usize = 128;
 pub const MAX_ID_BYTES: usize = 64;
 /// Largest encoded envelope frame, payload included, in bytes.
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+/// Longest `code` in an `error` or `unsubscribed` frame, in bytes.
+pub const MAX_ERROR_CODE_BYTES: usize = 64;
+/// Longest `message` in an `error` frame, in bytes.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
 /// Most topics in one `resync` frame (a longer list is sent as several frames).
 pub const MAX_RESYNC_TOPICS: usize = 256;

@@ -43,8 +43,13 @@ pub enum RecordError {
 }
 
 impl<'a> Routed<'a> {
-    /// Appends the length-prefixed record to `out`.
+    /// Appends the length-prefixed record to `out`. The topic must be valid (at most
+    /// 200 bytes, so its length fits the one-byte prefix) and the frame non-empty.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        debug_assert!(
+            self.topic.len() <= MAX_TOPIC_BYTES,
+            "topic too long for a record"
+        );
         let len = 1 + self.topic.len() + 8 + self.frame.len();
         out.reserve(4 + len);
         out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -63,7 +68,9 @@ impl<'a> Routed<'a> {
     /// Reads one record from the front of `buf`: `Ok(None)` when more bytes are needed,
     /// else the record and the bytes it used.
     pub fn decode_prefix(buf: &'a [u8]) -> Result<Option<(Routed<'a>, usize)>, RecordError> {
-        let Some(head) = buf.get(..4) else { return Ok(None) };
+        let Some(head) = buf.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if len > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(len));
@@ -71,9 +78,11 @@ impl<'a> Routed<'a> {
         if len < 1 + 1 + 8 + 1 {
             return Err(RecordError::TooSmall(len));
         }
-        let Some(body) = buf.get(4..4 + len) else { return Ok(None) };
+        let Some(body) = buf.get(4..4 + len) else {
+            return Ok(None);
+        };
         let tlen = body[0] as usize;
-        if 1 + tlen + 8 >= len {
+        if 1 + tlen + 8 > len {
             return Err(RecordError::TooSmall(len));
         }
         let topic = std::str::from_utf8(&body[1..1 + tlen]).map_err(|_| RecordError::TopicUtf8)?;
@@ -84,7 +93,14 @@ impl<'a> Routed<'a> {
         if frame.is_empty() {
             return Err(RecordError::EmptyFrame);
         }
-        Ok(Some((Routed { topic, seq: u64::from_be_bytes(seq), frame }, 4 + len)))
+        Ok(Some((
+            Routed {
+                topic,
+                seq: u64::from_be_bytes(seq),
+                frame,
+            },
+            4 + len,
+        )))
     }
 }
 
@@ -94,7 +110,11 @@ mod tests {
 
     #[test]
     fn streams_in_pieces() {
-        let r = Routed { topic: "post:1", seq: 9, frame: b"\x91\x13" };
+        let r = Routed {
+            topic: "post:1",
+            seq: 9,
+            frame: b"\x91\x13",
+        };
         let mut buf = r.encode();
         r.encode_into(&mut buf);
         let one = buf.len() / 2;
@@ -102,9 +122,42 @@ mod tests {
             assert_eq!(Routed::decode_prefix(&buf[..cut]), Ok(None));
         }
         assert_eq!(Routed::decode_prefix(&buf), Ok(Some((r, one))));
-        assert_eq!(Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]), Err(RecordError::TooLarge(u32::MAX as usize)));
-        assert_eq!(Routed::decode_prefix(&[0, 0, 0, 1, 0]), Err(RecordError::TooSmall(1)));
-        let bad = Routed { topic: "a b", seq: 1, frame: b"x" }.encode();
-        assert!(matches!(Routed::decode_prefix(&bad), Err(RecordError::Topic(_))));
+        assert_eq!(
+            Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]),
+            Err(RecordError::TooLarge(u32::MAX as usize))
+        );
+        assert_eq!(
+            Routed::decode_prefix(&[0, 0, 0, 1, 0]),
+            Err(RecordError::TooSmall(1))
+        );
+        let bad = Routed {
+            topic: "a b",
+            seq: 1,
+            frame: b"x",
+        }
+        .encode();
+        assert!(matches!(
+            Routed::decode_prefix(&bad),
+            Err(RecordError::Topic(_))
+        ));
+    }
+
+    #[test]
+    fn an_empty_frame_is_named() {
+        // Regression: the header check swallowed this case as TooSmall.
+        let r = Routed {
+            topic: "post:1",
+            seq: 1,
+            frame: b"",
+        };
+        assert_eq!(
+            Routed::decode_prefix(&r.encode()),
+            Err(RecordError::EmptyFrame)
+        );
+        // A topic length that runs past the record is still TooSmall.
+        assert_eq!(
+            Routed::decode_prefix(&[0, 0, 0, 11, 3, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Err(RecordError::TooSmall(11))
+        );
     }
 }
