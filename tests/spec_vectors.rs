@@ -39,21 +39,14 @@ fn spec_text() -> String {
 fn unhex(line: &str, at: usize) -> Vec<u8> {
     line.split_whitespace()
         .map(|pair| {
-            assert_eq!(
-                pair.len(),
-                2,
-                "SPEC.md line {at}: {pair:?} is not one hex byte"
-            );
-            u8::from_str_radix(pair, 16)
-                .unwrap_or_else(|_| panic!("SPEC.md line {at}: {pair:?} is not hex"))
+            assert_eq!(pair.len(), 2, "SPEC.md line {at}: {pair:?} is not one hex byte");
+            u8::from_str_radix(pair, 16).unwrap_or_else(|_| panic!("SPEC.md line {at}: {pair:?} is not hex"))
         })
         .collect()
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// Every vector in SPEC.md, by name.
@@ -74,9 +67,7 @@ fn spec_vectors(text: &str) -> BTreeMap<String, Value> {
             continue;
         }
         if line.starts_with(char::is_whitespace) {
-            let name = current
-                .as_ref()
-                .unwrap_or_else(|| panic!("SPEC.md line {at}: continuation without a name"));
+            let name = current.as_ref().unwrap_or_else(|| panic!("SPEC.md line {at}: continuation without a name"));
             match out.get_mut(name) {
                 Some(Value::Hex(bytes)) => bytes.extend(unhex(line, at)),
                 _ => panic!("SPEC.md line {at}: only hex vectors continue on the next line"),
@@ -93,10 +84,7 @@ fn spec_vectors(text: &str) -> BTreeMap<String, Value> {
             },
         };
         assert!(is_name(name), "SPEC.md line {at}: bad vector name {name:?}");
-        assert!(
-            out.insert(name.to_owned(), value).is_none(),
-            "SPEC.md line {at}: vector {name} appears twice"
-        );
+        assert!(out.insert(name.to_owned(), value).is_none(), "SPEC.md line {at}: vector {name} appears twice");
         current = Some(name.to_owned());
     }
     assert!(!in_fence, "SPEC.md ends inside a fenced block");
@@ -117,10 +105,7 @@ fn key_set() -> KeySet {
     KeySet::parse(&SigningKeyFile::new("k1", seed()).public_text()).unwrap()
 }
 
-const POLICY: TokenPolicy = TokenPolicy {
-    skew_secs: 30,
-    max_ttl_secs: 3600,
-};
+const POLICY: TokenPolicy = TokenPolicy { skew_secs: 30, max_ttl_secs: 3600 };
 
 fn claims() -> Claims {
     Claims {
@@ -173,72 +158,25 @@ fn envelope() -> envelope::EnvelopeRef<'static> {
 
 fn client_frames(token: &str) -> Vec<(&'static str, ClientFrame<'_>)> {
     vec![
-        (
-            "frame.subscribe",
-            ClientFrame::Subscribe {
-                id: 1,
-                topic: "post:42",
-                token,
-            },
-        ),
-        (
-            "frame.unsubscribe",
-            ClientFrame::Unsubscribe {
-                id: 2,
-                topic: "post:42",
-            },
-        ),
+        ("frame.subscribe", ClientFrame::Subscribe { id: 1, topic: "post:42", token }),
+        ("frame.unsubscribe", ClientFrame::Unsubscribe { id: 2, topic: "post:42" }),
         ("frame.ping", ClientFrame::Ping { id: 3 }),
     ]
 }
 
 fn server_frames() -> Vec<(&'static str, ServerFrame<'static>)> {
     vec![
-        (
-            "frame.ok",
-            ServerFrame::Ok {
-                id: 1,
-                last_seq: Some(41),
-            },
-        ),
-        (
-            "frame.ok_nil",
-            ServerFrame::Ok {
-                id: 2,
-                last_seq: None,
-            },
-        ),
+        ("frame.ok", ServerFrame::Ok { id: 1, last_seq: Some(41) }),
+        ("frame.ok_nil", ServerFrame::Ok { id: 2, last_seq: None }),
         (
             "frame.error",
-            ServerFrame::Error {
-                id: 5,
-                code: "topic_not_granted",
-                message: "token does not grant topic \"post:9\"",
-            },
+            ServerFrame::Error { id: 5, code: "topic_not_granted", message: "token does not grant topic \"post:9\"" },
         ),
         ("frame.pong", ServerFrame::Pong { id: 3 }),
         ("frame.envelope", ServerFrame::Envelope(envelope())),
-        (
-            "frame.resync",
-            ServerFrame::Resync {
-                topics: vec!["post:42", "user:7"],
-            },
-        ),
-        (
-            "frame.gap",
-            ServerFrame::Gap {
-                topic: "post:42",
-                from_seq: 43,
-                to_seq: 300,
-            },
-        ),
-        (
-            "frame.unsubscribed",
-            ServerFrame::Unsubscribed {
-                topic: "post:42",
-                code: "token_expired",
-            },
-        ),
+        ("frame.resync", ServerFrame::Resync { topics: vec!["post:42", "user:7"] }),
+        ("frame.gap", ServerFrame::Gap { topic: "post:42", from_seq: 43, to_seq: 300 }),
+        ("frame.unsubscribed", ServerFrame::Unsubscribed { topic: "post:42", code: "token_expired" }),
     ]
 }
 
@@ -267,10 +205,7 @@ fn computed() -> Vec<(String, Value)> {
         let signed = token::signed_message(&body);
         hex(&format!("{name}.claims"), body);
         hex(&format!("{name}.signed"), signed.clone());
-        hex(
-            &format!("{name}.signature"),
-            key.sign(&signed).to_bytes().to_vec(),
-        );
+        hex(&format!("{name}.signature"), key.sign(&signed).to_bytes().to_vec());
         tokens.push((name, token::mint(&c, &key)));
     }
     let token_text = tokens[0].1.clone();
@@ -281,24 +216,9 @@ fn computed() -> Vec<(String, Value)> {
         hex(name, f.encode());
     }
     let frame = envelope().encode();
-    hex(
-        "bus.record",
-        Routed {
-            topic: "post:42",
-            seq: 42,
-            frame: &frame,
-        }
-        .encode(),
-    );
+    hex("bus.record", Routed { topic: "post:42", seq: 42, frame: &frame }.encode());
     for (name, t) in &tokens {
-        text.push((
-            if *name == "token" {
-                "token.text"
-            } else {
-                "token_nbf.text"
-            },
-            t.clone(),
-        ));
+        text.push((if *name == "token" { "token.text" } else { "token_nbf.text" }, t.clone()));
     }
     v.extend(text.into_iter().map(|(n, t)| (n.into(), Value::Text(t))));
     for (name, _, now) in verdicts() {
@@ -354,10 +274,7 @@ fn spec_vectors_match_the_code() {
             wrong.push(name.clone());
         }
     }
-    let extra: Vec<&String> = spec
-        .keys()
-        .filter(|k| !want.iter().any(|(n, _)| n == *k))
-        .collect();
+    let extra: Vec<&String> = spec.keys().filter(|k| !want.iter().any(|(n, _)| n == *k)).collect();
     assert!(
         wrong.is_empty() && extra.is_empty(),
         "SPEC.md vectors differ from the code: wrong or missing {wrong:?}, not computed \
@@ -376,10 +293,7 @@ fn spec_vectors_decode_back() {
     assert_eq!(&secret.key.to_bytes()[..], hex_of(&spec, "key.seed"));
     let set = KeySet::parse(text_of(&spec, "key.public_line")).unwrap();
     assert_eq!(set.kids(), ["k1"]);
-    assert_eq!(
-        &set.get("k1").unwrap().to_bytes()[..],
-        hex_of(&spec, "key.public")
-    );
+    assert_eq!(&set.get("k1").unwrap().to_bytes()[..], hex_of(&spec, "key.public"));
 
     // Tokens: the text is base64url(claims || signature), the claims decode, the signature
     // covers the signed message, and the token verifies with the public line alone.
@@ -387,10 +301,7 @@ fn spec_vectors_decode_back() {
         let body = hex_of(&spec, &format!("{name}.claims"));
         assert_eq!(Claims::decode(body).unwrap(), c);
         let signed = hex_of(&spec, &format!("{name}.signed"));
-        assert_eq!(
-            &signed[..token::SIGNING_CONTEXT.len()],
-            token::SIGNING_CONTEXT
-        );
+        assert_eq!(&signed[..token::SIGNING_CONTEXT.len()], token::SIGNING_CONTEXT);
         assert_eq!(&signed[token::SIGNING_CONTEXT.len()..], body);
         let sig = hex_of(&spec, &format!("{name}.signature"));
         let sig = ed25519_dalek::Signature::from_slice(sig).unwrap();
@@ -399,19 +310,13 @@ fn spec_vectors_decode_back() {
         assert!(!text.contains(['=', '+', '/']));
         let mut raw = body.to_vec();
         raw.extend_from_slice(&sig.to_bytes());
-        assert_eq!(
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
-            text
-        );
+        assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw), text);
         let now = c.nbf.unwrap_or(c.iat);
         assert_eq!(token::verify(text, &set, now, &POLICY).unwrap(), c);
     }
     for (name, _, now) in verdicts() {
         let text = text_of(&spec, &format!("{name}.text"));
-        assert_eq!(
-            verdict(text, now),
-            text_of(&spec, &format!("{name}.at.{now}"))
-        );
+        assert_eq!(verdict(text, now), text_of(&spec, &format!("{name}.at.{now}")));
     }
 
     // Frames decode to what they stand for, and re-encode to the same bytes.
@@ -455,11 +360,7 @@ fn table_rows(text: &str, heading: &str) -> Vec<Vec<String>> {
             rows.pop(); // the row above a separator is a header
             continue;
         }
-        let cells = line
-            .trim_matches('|')
-            .split('|')
-            .map(|c| c.trim().trim_matches('`').to_owned())
-            .collect();
+        let cells = line.trim_matches('|').split('|').map(|c| c.trim().trim_matches('`').to_owned()).collect();
         rows.push(cells);
     }
     assert!(!rows.is_empty(), "SPEC.md has no table under {heading:?}");
@@ -531,10 +432,7 @@ fn all_error_codes() -> Vec<&'static str> {
 #[test]
 fn error_code_table_lists_every_code() {
     let text = spec_text();
-    let mut documented: Vec<String> = table_rows(&text, "Error codes")
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
+    let mut documented: Vec<String> = table_rows(&text, "Error codes").into_iter().map(|r| r[0].clone()).collect();
     let mut codes: Vec<String> = all_error_codes().into_iter().map(String::from).collect();
     documented.sort();
     codes.sort();
@@ -586,10 +484,7 @@ fn limits_table_matches_limits_rs() {
         ("MAX_ERROR_CODE_BYTES", limits::MAX_ERROR_CODE_BYTES),
         ("MAX_ERROR_MESSAGE_BYTES", limits::MAX_ERROR_MESSAGE_BYTES),
         ("MAX_RESYNC_TOPICS", limits::MAX_RESYNC_TOPICS),
-        (
-            "MAX_RECORD_BYTES",
-            switchboard::wire::routed::MAX_RECORD_BYTES,
-        ),
+        ("MAX_RECORD_BYTES", switchboard::wire::routed::MAX_RECORD_BYTES),
     ];
     let code: Vec<(String, usize)> = code.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
     assert_eq!(documented, code);
@@ -597,8 +492,7 @@ fn limits_table_matches_limits_rs() {
 
 #[test]
 fn the_parser_reads_both_vector_forms() {
-    let text =
-        "x\n```vectors\na: 01 02\nb:\n  03\n  04 05\nc = two words\n```\n```text\nd: ff\n```\n";
+    let text = "x\n```vectors\na: 01 02\nb:\n  03\n  04 05\nc = two words\n```\n```text\nd: ff\n```\n";
     let v = spec_vectors(text);
     assert_eq!(v["a"], Value::Hex(vec![1, 2]));
     assert_eq!(v["b"], Value::Hex(vec![3, 4, 5]));

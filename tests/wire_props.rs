@@ -50,10 +50,7 @@ fn prefixes_are_truncated(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<(), Fra
     }
     let mut longer = bytes.to_vec();
     longer.push(0xc0);
-    assert_eq!(
-        decode(&longer),
-        Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 }))
-    );
+    assert_eq!(decode(&longer), Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 })));
 }
 
 mod client_frames {
@@ -69,11 +66,7 @@ mod client_frames {
     impl Owned {
         pub fn frame(&self) -> ClientFrame<'_> {
             match self {
-                Owned::Subscribe(id, topic, token) => ClientFrame::Subscribe {
-                    id: *id,
-                    topic,
-                    token,
-                },
+                Owned::Subscribe(id, topic, token) => ClientFrame::Subscribe { id: *id, topic, token },
                 Owned::Unsubscribe(id, topic) => ClientFrame::Unsubscribe { id: *id, topic },
                 Owned::Ping(id) => ClientFrame::Ping { id: *id },
             }
@@ -119,25 +112,12 @@ mod server_frames {
     impl Owned {
         pub fn frame(&self) -> ServerFrame<'_> {
             match self {
-                Owned::Ok(id, last_seq) => ServerFrame::Ok {
-                    id: *id,
-                    last_seq: *last_seq,
-                },
-                Owned::Error(id, code, message) => ServerFrame::Error {
-                    id: *id,
-                    code,
-                    message,
-                },
+                Owned::Ok(id, last_seq) => ServerFrame::Ok { id: *id, last_seq: *last_seq },
+                Owned::Error(id, code, message) => ServerFrame::Error { id: *id, code, message },
                 Owned::Pong(id) => ServerFrame::Pong { id: *id },
                 Owned::Envelope(e) => ServerFrame::Envelope(e.as_ref()),
-                Owned::Resync(topics) => ServerFrame::Resync {
-                    topics: topics.iter().map(String::as_str).collect(),
-                },
-                Owned::Gap(topic, from_seq, to_seq) => ServerFrame::Gap {
-                    topic,
-                    from_seq: *from_seq,
-                    to_seq: *to_seq,
-                },
+                Owned::Resync(topics) => ServerFrame::Resync { topics: topics.iter().map(String::as_str).collect() },
+                Owned::Gap(topic, from_seq, to_seq) => ServerFrame::Gap { topic, from_seq: *from_seq, to_seq: *to_seq },
                 Owned::Unsubscribed(topic, code) => ServerFrame::Unsubscribed { topic, code },
             }
         }
@@ -184,14 +164,7 @@ mod envelopes {
                 1 => proptest::collection::vec(any::<u8>(), 60_000..70_000),
             ],
         )
-            .prop_map(|(topic, seq, id, ts, kind, payload)| Envelope {
-                topic,
-                seq,
-                id,
-                ts,
-                kind,
-                payload,
-            })
+            .prop_map(|(topic, seq, id, ts, kind, payload)| Envelope { topic, seq, id, ts, kind, payload })
     }
 
     proptest! {
@@ -243,19 +216,11 @@ mod tokens {
     fn live_claims() -> impl Strategy<Value = Claims> {
         (claims(), 0u64..=3600, 0u64..=3600).prop_map(|(c, ttl, delay)| {
             let iat = c.iat % (1 << 40);
-            Claims {
-                iat,
-                exp: iat + ttl,
-                nbf: c.nbf.map(|_| iat + delay.min(ttl)),
-                ..c
-            }
+            Claims { iat, exp: iat + ttl, nbf: c.nbf.map(|_| iat + delay.min(ttl)), ..c }
         })
     }
 
-    const POLICY: TokenPolicy = TokenPolicy {
-        skew_secs: 30,
-        max_ttl_secs: 3600,
-    };
+    const POLICY: TokenPolicy = TokenPolicy { skew_secs: 30, max_ttl_secs: 3600 };
 
     fn key_set(kid: &str, seed: [u8; 32]) -> KeySet {
         KeySet::parse(&SigningKeyFile::new(kid, seed).public_text()).unwrap()
@@ -320,9 +285,7 @@ mod tokens {
         let c = Claims {
             kid: "k1".into(),
             sub: "s".repeat(256),
-            topics: (0..MAX_TOKEN_TOPICS)
-                .map(|i| format!("{i:0>200}"))
-                .collect(),
+            topics: (0..MAX_TOKEN_TOPICS).map(|i| format!("{i:0>200}")).collect(),
             iat: 1,
             exp: 2,
             nbf: None,
@@ -425,11 +388,7 @@ mod bus_records {
     use super::*;
 
     fn arb() -> impl Strategy<Value = (String, u64, Vec<u8>)> {
-        (
-            topic(),
-            any::<u64>(),
-            proptest::collection::vec(any::<u8>(), 1..400),
-        )
+        (topic(), any::<u64>(), proptest::collection::vec(any::<u8>(), 1..400))
     }
 
     proptest! {
@@ -469,8 +428,7 @@ mod untrusted {
             server_frames::arb().prop_map(|f| f.frame().encode()),
             tokens::claims().prop_map(|c| c.encode()),
         ];
-        let edits =
-            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4);
+        let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4);
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..256),
             (valid, edits).prop_map(|(mut b, edits)| {

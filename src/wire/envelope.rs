@@ -45,16 +45,11 @@ pub struct EnvelopeRef<'a> {
 pub fn validate_fields(topic_name: &str, kind: &str, payload_len: usize) -> Result<(), FrameError> {
     topic::validate(topic_name).map_err(FrameError::Topic)?;
     if kind.is_empty() || kind.len() > MAX_KIND_BYTES {
-        return Err(FrameError::Field(format!(
-            "kind must be 1..={MAX_KIND_BYTES} bytes"
-        )));
+        return Err(FrameError::Field(format!("kind must be 1..={MAX_KIND_BYTES} bytes")));
     }
     // Fixed overhead of the frame beside the payload is far below 1 KiB.
     if payload_len > MAX_ENVELOPE_BYTES - 1024 {
-        return Err(FrameError::TooLarge {
-            len: payload_len,
-            max: MAX_ENVELOPE_BYTES - 1024,
-        });
+        return Err(FrameError::TooLarge { len: payload_len, max: MAX_ENVELOPE_BYTES - 1024 });
     }
     Ok(())
 }
@@ -62,9 +57,7 @@ pub fn validate_fields(topic_name: &str, kind: &str, payload_len: usize) -> Resu
 impl EnvelopeRef<'_> {
     /// Encodes the envelope frame.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            32 + self.topic.len() + self.id.len() + self.kind.len() + self.payload.len(),
-        );
+        let mut out = Vec::with_capacity(32 + self.topic.len() + self.id.len() + self.kind.len() + self.payload.len());
         write::array_len(&mut out, 7);
         write::uint(&mut out, TYPE_ENVELOPE);
         write::str(&mut out, self.topic);
@@ -109,19 +102,12 @@ impl Envelope {
 /// Decodes an envelope frame strictly.
 pub fn decode(bytes: &[u8]) -> Result<EnvelopeRef<'_>, FrameError> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
-        return Err(FrameError::TooLarge {
-            len: bytes.len(),
-            max: MAX_ENVELOPE_BYTES,
-        });
+        return Err(FrameError::TooLarge { len: bytes.len(), max: MAX_ENVELOPE_BYTES });
     }
     let mut r = Reader::new(bytes);
     let n = r.array_len()?;
     if n == 0 {
-        return Err(DecodeError::WrongArity {
-            got: 0,
-            expected: "7",
-        }
-        .into());
+        return Err(DecodeError::WrongArity { got: 0, expected: "7" }.into());
     }
     let t = r.u64()?;
     if t != TYPE_ENVELOPE {
@@ -133,11 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<EnvelopeRef<'_>, FrameError> {
 /// Decodes the fields after the type tag (shared with [`super::frame::ServerFrame::decode`]).
 pub(crate) fn decode_body<'a>(r: &mut Reader<'a>, n: usize) -> Result<EnvelopeRef<'a>, FrameError> {
     if n != 7 {
-        return Err(DecodeError::WrongArity {
-            got: n,
-            expected: "7",
-        }
-        .into());
+        return Err(DecodeError::WrongArity { got: n, expected: "7" }.into());
     }
     let topic = r.str("topic", MAX_TOPIC_BYTES)?;
     topic::validate(topic).map_err(FrameError::Topic)?;
@@ -147,14 +129,7 @@ pub(crate) fn decode_body<'a>(r: &mut Reader<'a>, n: usize) -> Result<EnvelopeRe
     let kind = r.str("kind", MAX_KIND_BYTES)?;
     let payload = r.bin("payload", MAX_ENVELOPE_BYTES)?;
     r.finish()?;
-    Ok(EnvelopeRef {
-        topic,
-        seq,
-        id,
-        ts,
-        kind,
-        payload,
-    })
+    Ok(EnvelopeRef { topic, seq, id, ts, kind, payload })
 }
 
 #[cfg(test)]
@@ -163,37 +138,15 @@ mod tests {
 
     #[test]
     fn rejects_wrong_shapes() {
-        let e = Envelope {
-            topic: "post:1".into(),
-            seq: 1,
-            id: "e1".into(),
-            ts: 5,
-            kind: "k".into(),
-            payload: vec![1],
-        };
+        let e = Envelope { topic: "post:1".into(), seq: 1, id: "e1".into(), ts: 5, kind: "k".into(), payload: vec![1] };
         let bytes = e.encode();
         assert_eq!(decode(&bytes).unwrap().to_owned(), e);
-        assert!(matches!(
-            decode(&bytes[..bytes.len() - 1]),
-            Err(FrameError::Decode(DecodeError::Truncated { .. }))
-        ));
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(FrameError::Decode(DecodeError::Truncated { .. }))));
         let mut extra = bytes.clone();
         extra.push(0);
-        assert!(matches!(
-            decode(&extra),
-            Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 }))
-        ));
-        assert!(matches!(
-            decode(&[0x91, 0x01]),
-            Err(FrameError::UnknownType(1))
-        ));
-        let bad_topic = Envelope {
-            topic: "a b".into(),
-            ..e.clone()
-        };
-        assert!(matches!(
-            decode(&bad_topic.encode()),
-            Err(FrameError::Topic(_))
-        ));
+        assert!(matches!(decode(&extra), Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 }))));
+        assert!(matches!(decode(&[0x91, 0x01]), Err(FrameError::UnknownType(1))));
+        let bad_topic = Envelope { topic: "a b".into(), ..e.clone() };
+        assert!(matches!(decode(&bad_topic.encode()), Err(FrameError::Topic(_))));
     }
 }

@@ -18,8 +18,8 @@ use thiserror::Error;
 
 use super::envelope::{self, EnvelopeRef};
 use super::limits::{
-    MAX_ENVELOPE_BYTES, MAX_ERROR_CODE_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_RESYNC_TOPICS,
-    MAX_TOKEN_TEXT_BYTES, MAX_TOPIC_BYTES,
+    MAX_ENVELOPE_BYTES, MAX_ERROR_CODE_BYTES, MAX_ERROR_MESSAGE_BYTES, MAX_RESYNC_TOPICS, MAX_TOKEN_TEXT_BYTES,
+    MAX_TOPIC_BYTES,
 };
 use super::msgpack::{DecodeError, Reader, write};
 use super::topic::{self, TopicError};
@@ -124,30 +124,13 @@ impl CloseCode {
 /// A frame from a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFrame<'a> {
-    Subscribe {
-        id: u32,
-        topic: &'a str,
-        token: &'a str,
-    },
-    Unsubscribe {
-        id: u32,
-        topic: &'a str,
-    },
-    Ping {
-        id: u32,
-    },
+    Subscribe { id: u32, topic: &'a str, token: &'a str },
+    Unsubscribe { id: u32, topic: &'a str },
+    Ping { id: u32 },
 }
 
 fn arity(n: usize, expected: usize, label: &'static str) -> Result<(), FrameError> {
-    if n == expected {
-        Ok(())
-    } else {
-        Err(DecodeError::WrongArity {
-            got: n,
-            expected: label,
-        }
-        .into())
-    }
+    if n == expected { Ok(()) } else { Err(DecodeError::WrongArity { got: n, expected: label }.into()) }
 }
 
 fn read_topic<'a>(r: &mut Reader<'a>) -> Result<&'a str, FrameError> {
@@ -163,9 +146,7 @@ impl<'a> ClientFrame<'a> {
     /// The request id, if the frame got far enough to have one (for error answers).
     pub fn id(&self) -> u32 {
         match *self {
-            ClientFrame::Subscribe { id, .. }
-            | ClientFrame::Unsubscribe { id, .. }
-            | ClientFrame::Ping { id } => id,
+            ClientFrame::Subscribe { id, .. } | ClientFrame::Unsubscribe { id, .. } | ClientFrame::Ping { id } => id,
         }
     }
 
@@ -174,11 +155,7 @@ impl<'a> ClientFrame<'a> {
         let mut r = Reader::new(bytes);
         let n = r.array_len()?;
         if n == 0 {
-            return Err(DecodeError::WrongArity {
-                got: 0,
-                expected: "at least 1",
-            }
-            .into());
+            return Err(DecodeError::WrongArity { got: 0, expected: "at least 1" }.into());
         }
         let f = match r.u64()? {
             TYPE_SUBSCRIBE => {
@@ -191,10 +168,7 @@ impl<'a> ClientFrame<'a> {
             TYPE_UNSUBSCRIBE => {
                 arity(n, 3, "3")?;
                 let id = r.u32()?;
-                ClientFrame::Unsubscribe {
-                    id,
-                    topic: read_topic(&mut r)?,
-                }
+                ClientFrame::Unsubscribe { id, topic: read_topic(&mut r)? }
             }
             TYPE_PING => {
                 arity(n, 2, "2")?;
@@ -235,31 +209,13 @@ impl<'a> ClientFrame<'a> {
 /// A frame from the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
-    Ok {
-        id: u32,
-        last_seq: Option<u64>,
-    },
-    Error {
-        id: u32,
-        code: &'a str,
-        message: &'a str,
-    },
-    Pong {
-        id: u32,
-    },
+    Ok { id: u32, last_seq: Option<u64> },
+    Error { id: u32, code: &'a str, message: &'a str },
+    Pong { id: u32 },
     Envelope(EnvelopeRef<'a>),
-    Resync {
-        topics: Vec<&'a str>,
-    },
-    Gap {
-        topic: &'a str,
-        from_seq: u64,
-        to_seq: u64,
-    },
-    Unsubscribed {
-        topic: &'a str,
-        code: &'a str,
-    },
+    Resync { topics: Vec<&'a str> },
+    Gap { topic: &'a str, from_seq: u64, to_seq: u64 },
+    Unsubscribed { topic: &'a str, code: &'a str },
 }
 
 impl<'a> ServerFrame<'a> {
@@ -293,11 +249,7 @@ impl<'a> ServerFrame<'a> {
                     write::str(&mut out, t);
                 }
             }
-            ServerFrame::Gap {
-                topic,
-                from_seq,
-                to_seq,
-            } => {
+            ServerFrame::Gap { topic, from_seq, to_seq } => {
                 write::array_len(&mut out, 4);
                 write::uint(&mut out, TYPE_GAP);
                 write::str(&mut out, topic);
@@ -318,19 +270,12 @@ impl<'a> ServerFrame<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, FrameError> {
         // The envelope is the largest router frame; every other kind is far smaller.
         if bytes.len() > MAX_ENVELOPE_BYTES {
-            return Err(FrameError::TooLarge {
-                len: bytes.len(),
-                max: MAX_ENVELOPE_BYTES,
-            });
+            return Err(FrameError::TooLarge { len: bytes.len(), max: MAX_ENVELOPE_BYTES });
         }
         let mut r = Reader::new(bytes);
         let n = r.array_len()?;
         if n == 0 {
-            return Err(DecodeError::WrongArity {
-                got: 0,
-                expected: "at least 1",
-            }
-            .into());
+            return Err(DecodeError::WrongArity { got: 0, expected: "at least 1" }.into());
         }
         let f = match r.u64()? {
             TYPE_OK => {
@@ -356,32 +301,20 @@ impl<'a> ServerFrame<'a> {
                 arity(n, 2, "2")?;
                 let count = r.array_len()?;
                 if count > MAX_RESYNC_TOPICS {
-                    return Err(DecodeError::TooLong {
-                        what: "resync topics",
-                        len: count,
-                        max: MAX_RESYNC_TOPICS,
-                    }
-                    .into());
+                    return Err(
+                        DecodeError::TooLong { what: "resync topics", len: count, max: MAX_RESYNC_TOPICS }.into()
+                    );
                 }
-                let topics = (0..count)
-                    .map(|_| read_topic(&mut r))
-                    .collect::<Result<_, _>>()?;
+                let topics = (0..count).map(|_| read_topic(&mut r)).collect::<Result<_, _>>()?;
                 ServerFrame::Resync { topics }
             }
             TYPE_GAP => {
                 arity(n, 4, "4")?;
-                ServerFrame::Gap {
-                    topic: read_topic(&mut r)?,
-                    from_seq: r.u64()?,
-                    to_seq: r.u64()?,
-                }
+                ServerFrame::Gap { topic: read_topic(&mut r)?, from_seq: r.u64()?, to_seq: r.u64()? }
             }
             TYPE_UNSUBSCRIBED => {
                 arity(n, 3, "3")?;
-                ServerFrame::Unsubscribed {
-                    topic: read_topic(&mut r)?,
-                    code: r.str("code", MAX_ERROR_CODE_BYTES)?,
-                }
+                ServerFrame::Unsubscribed { topic: read_topic(&mut r)?, code: r.str("code", MAX_ERROR_CODE_BYTES)? }
             }
             t => return Err(FrameError::UnknownType(t)),
         };
@@ -396,27 +329,13 @@ mod tests {
 
     #[test]
     fn client_frames_reject_bad_input_with_a_type() {
-        let ok = ClientFrame::Subscribe {
-            id: 1,
-            topic: "post:1",
-            token: "t",
-        }
-        .encode();
+        let ok = ClientFrame::Subscribe { id: 1, topic: "post:1", token: "t" }.encode();
         assert!(ClientFrame::decode(&ok).is_ok());
         for cut in 0..ok.len() {
-            assert!(
-                matches!(ClientFrame::decode(&ok[..cut]), Err(FrameError::Decode(_))),
-                "cut at {cut}"
-            );
+            assert!(matches!(ClientFrame::decode(&ok[..cut]), Err(FrameError::Decode(_))), "cut at {cut}");
         }
-        assert_eq!(
-            ClientFrame::decode(&[0x91, 0x09]),
-            Err(FrameError::UnknownType(9))
-        );
-        assert!(matches!(
-            ClientFrame::decode(&[0x90]),
-            Err(FrameError::Decode(DecodeError::WrongArity { .. }))
-        ));
+        assert_eq!(ClientFrame::decode(&[0x91, 0x09]), Err(FrameError::UnknownType(9)));
+        assert!(matches!(ClientFrame::decode(&[0x90]), Err(FrameError::Decode(DecodeError::WrongArity { .. }))));
         assert!(matches!(
             ClientFrame::decode(&[0x92, 0x03, 0xa1, b'x']),
             Err(FrameError::Decode(DecodeError::WrongType { .. }))
@@ -434,28 +353,11 @@ mod tests {
             Err(FrameError::Decode(DecodeError::WrongType { .. }))
         ));
         let long = "x".repeat(201);
-        let f = ClientFrame::Unsubscribe {
-            id: 1,
-            topic: &long,
-        }
-        .encode();
-        assert_eq!(
-            ClientFrame::decode(&f),
-            Err(FrameError::Topic(TopicError::TooLong { len: 201 }))
-        );
-        let huge = ClientFrame::Unsubscribe {
-            id: 1,
-            topic: &"x".repeat(100_000),
-        }
-        .encode();
-        assert!(matches!(
-            ClientFrame::decode(&huge),
-            Err(FrameError::Topic(TopicError::TooLong { .. }))
-        ));
-        assert_eq!(
-            ClientFrame::decode(b"\xc1").unwrap_err().code(),
-            ErrorCode::BadFrame
-        );
+        let f = ClientFrame::Unsubscribe { id: 1, topic: &long }.encode();
+        assert_eq!(ClientFrame::decode(&f), Err(FrameError::Topic(TopicError::TooLong { len: 201 })));
+        let huge = ClientFrame::Unsubscribe { id: 1, topic: &"x".repeat(100_000) }.encode();
+        assert!(matches!(ClientFrame::decode(&huge), Err(FrameError::Topic(TopicError::TooLong { .. }))));
+        assert_eq!(ClientFrame::decode(b"\xc1").unwrap_err().code(), ErrorCode::BadFrame);
     }
 
     #[test]
@@ -478,10 +380,7 @@ mod tests {
         assert!(ServerFrame::decode(&at_limit).is_ok());
         assert!(envelope::decode(&at_limit).is_ok());
         let over = frame_of(MAX_ENVELOPE_BYTES - overhead + 1);
-        let too_large = FrameError::TooLarge {
-            len: MAX_ENVELOPE_BYTES + 1,
-            max: MAX_ENVELOPE_BYTES,
-        };
+        let too_large = FrameError::TooLarge { len: MAX_ENVELOPE_BYTES + 1, max: MAX_ENVELOPE_BYTES };
         assert_eq!(ServerFrame::decode(&over), Err(too_large.clone()));
         assert_eq!(envelope::decode(&over), Err(too_large));
     }

@@ -30,11 +30,7 @@ pub enum KeyError {
     #[error("line {line}: expected `<tag> <kid> <base64url key>`")]
     Shape { line: usize },
     #[error("line {line}: unknown tag {tag:?} (expected {expected})")]
-    Tag {
-        line: usize,
-        tag: String,
-        expected: &'static str,
-    },
+    Tag { line: usize, tag: String, expected: &'static str },
     #[error("line {line}: key id {kid:?} must be 1..={MAX_KID_BYTES} bytes of [A-Za-z0-9._-]")]
     Kid { line: usize, kid: String },
     #[error("line {line}: key is not 32 bytes of base64url")]
@@ -51,9 +47,7 @@ pub enum KeyError {
 pub fn valid_kid(kid: &str) -> bool {
     !kid.is_empty()
         && kid.len() <= MAX_KID_BYTES
-        && kid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// One key line that parsed: its 1-based line number in the text, kid and raw key bytes.
@@ -63,10 +57,7 @@ struct KeyLine {
     bytes: [u8; 32],
 }
 
-fn lines<'a>(
-    text: &'a str,
-    tag: &'static str,
-) -> impl Iterator<Item = Result<KeyLine, KeyError>> + 'a {
+fn lines<'a>(text: &'a str, tag: &'static str) -> impl Iterator<Item = Result<KeyLine, KeyError>> + 'a {
     text.lines().enumerate().filter_map(move |(i, l)| {
         let line = i + 1;
         let l = l.trim();
@@ -78,31 +69,13 @@ fn lines<'a>(
             return Some(Err(KeyError::Shape { line }));
         };
         if t != tag {
-            return Some(Err(KeyError::Tag {
-                line,
-                tag: t.to_owned(),
-                expected: tag,
-            }));
+            return Some(Err(KeyError::Tag { line, tag: t.to_owned(), expected: tag }));
         }
         if !valid_kid(kid) {
-            return Some(Err(KeyError::Kid {
-                line,
-                kid: kid.to_owned(),
-            }));
+            return Some(Err(KeyError::Kid { line, kid: kid.to_owned() }));
         }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(key)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok());
-        Some(
-            bytes
-                .map(|bytes| KeyLine {
-                    line,
-                    kid: kid.to_owned(),
-                    bytes,
-                })
-                .ok_or(KeyError::Encoding { line }),
-        )
+        let bytes = URL_SAFE_NO_PAD.decode(key).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+        Some(bytes.map(|bytes| KeyLine { line, kid: kid.to_owned(), bytes }).ok_or(KeyError::Encoding { line }))
     })
 }
 
@@ -115,18 +88,13 @@ pub struct SigningKeyFile {
 
 impl std::fmt::Debug for SigningKeyFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyFile")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("SigningKeyFile").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
 impl SigningKeyFile {
     pub fn new(kid: &str, seed: [u8; 32]) -> Self {
-        Self {
-            kid: kid.to_owned(),
-            key: SigningKey::from_bytes(&seed),
-        }
+        Self { kid: kid.to_owned(), key: SigningKey::from_bytes(&seed) }
     }
 
     /// Parses the secret key text (exactly one key).
@@ -141,11 +109,7 @@ impl SigningKeyFile {
 
     /// The secret key text.
     pub fn to_text(&self) -> String {
-        format!(
-            "{SECRET_TAG} {} {}\n",
-            self.kid,
-            URL_SAFE_NO_PAD.encode(self.key.to_bytes())
-        )
+        format!("{SECRET_TAG} {} {}\n", self.kid, URL_SAFE_NO_PAD.encode(self.key.to_bytes()))
     }
 
     /// The matching public key text.
@@ -156,10 +120,7 @@ impl SigningKeyFile {
 
 /// One public key line.
 pub fn public_line(kid: &str, key: &VerifyingKey) -> String {
-    format!(
-        "{PUBLIC_TAG} {kid} {}\n",
-        URL_SAFE_NO_PAD.encode(key.to_bytes())
-    )
+    format!("{PUBLIC_TAG} {kid} {}\n", URL_SAFE_NO_PAD.encode(key.to_bytes()))
 }
 
 /// The public keys a verifier trusts, by kid.
@@ -241,68 +202,38 @@ mod tests {
 
     #[test]
     fn refuses_bad_text_with_the_line() {
-        assert_eq!(
-            KeySet::parse("\nfoo bar").unwrap_err(),
-            KeyError::Shape { line: 2 }
-        );
+        assert_eq!(KeySet::parse("\nfoo bar").unwrap_err(), KeyError::Shape { line: 2 });
         assert!(matches!(
             KeySet::parse(&SigningKeyFile::new("k", [1; 32]).to_text()),
             Err(KeyError::Tag { line: 1, .. })
         ));
         assert_eq!(
             KeySet::parse(&format!("{PUBLIC_TAG} k/1 AAAA")).unwrap_err(),
-            KeyError::Kid {
-                line: 1,
-                kid: "k/1".into()
-            }
+            KeyError::Kid { line: 1, kid: "k/1".into() }
         );
-        assert_eq!(
-            KeySet::parse(&format!("{PUBLIC_TAG} k1 AAAA")).unwrap_err(),
-            KeyError::Encoding { line: 1 }
-        );
+        assert_eq!(KeySet::parse(&format!("{PUBLIC_TAG} k1 AAAA")).unwrap_err(), KeyError::Encoding { line: 1 });
         let dup = SigningKeyFile::new("k1", [1; 32]).public_text().repeat(2);
-        assert_eq!(
-            KeySet::parse(&dup).unwrap_err(),
-            KeyError::DuplicateKid("k1".into())
-        );
-        assert_eq!(
-            SigningKeyFile::parse("# nothing").unwrap_err(),
-            KeyError::Empty
-        );
+        assert_eq!(KeySet::parse(&dup).unwrap_err(), KeyError::DuplicateKid("k1".into()));
+        assert_eq!(SigningKeyFile::parse("# nothing").unwrap_err(), KeyError::Empty);
     }
 
     #[test]
     fn line_numbers_count_comments_and_blanks() {
         // Regression: these used to count key lines only (Point) or assume line 2 (Shape).
-        let not_a_point = (0u8..=255)
-            .map(|b| [b; 32])
-            .find(|k| VerifyingKey::from_bytes(k).is_err())
-            .unwrap();
-        let text = format!(
-            "# keys\n\n{PUBLIC_TAG} k1 {}\n",
-            URL_SAFE_NO_PAD.encode(not_a_point)
-        );
-        assert_eq!(
-            KeySet::parse(&text).unwrap_err(),
-            KeyError::Point { line: 3 }
-        );
+        let not_a_point = (0u8..=255).map(|b| [b; 32]).find(|k| VerifyingKey::from_bytes(k).is_err()).unwrap();
+        let text = format!("# keys\n\n{PUBLIC_TAG} k1 {}\n", URL_SAFE_NO_PAD.encode(not_a_point));
+        assert_eq!(KeySet::parse(&text).unwrap_err(), KeyError::Point { line: 3 });
         let two = format!(
             "{}# second\n{}",
             SigningKeyFile::new("k1", [1; 32]).to_text(),
             SigningKeyFile::new("k2", [2; 32]).to_text()
         );
-        assert_eq!(
-            SigningKeyFile::parse(&two).unwrap_err(),
-            KeyError::Shape { line: 3 }
-        );
+        assert_eq!(SigningKeyFile::parse(&two).unwrap_err(), KeyError::Shape { line: 3 });
     }
 
     #[test]
     fn a_public_key_file_without_keys_is_refused() {
         assert_eq!(KeySet::parse("").unwrap_err(), KeyError::Empty);
-        assert_eq!(
-            KeySet::parse("# none yet\n\n").unwrap_err(),
-            KeyError::Empty
-        );
+        assert_eq!(KeySet::parse("# none yet\n\n").unwrap_err(), KeyError::Empty);
     }
 }

@@ -17,11 +17,7 @@ pub enum DecodeError {
     #[error("string at byte {at} is not valid UTF-8")]
     InvalidUtf8 { at: usize },
     #[error("{what} is {len} long, above the limit of {max}")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
     #[error("{extra} unexpected bytes after the value")]
     TrailingBytes { extra: usize },
     #[error("array has {got} elements, expected {expected}")]
@@ -74,17 +70,11 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, DecodeError> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        Ok(self.take(n)?.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     fn peek(&self) -> Result<u8, DecodeError> {
-        self.buf
-            .get(self.pos)
-            .copied()
-            .ok_or(DecodeError::Truncated { at: self.pos })
+        self.buf.get(self.pos).copied().ok_or(DecodeError::Truncated { at: self.pos })
     }
 
     /// True when the next value is `nil` (and consumes it).
@@ -104,10 +94,7 @@ impl<'a> Reader<'a> {
             0xdc => self.be(2)?,
             0xdd => self.be(4)?,
             _ => {
-                return Err(DecodeError::WrongType {
-                    expected: "array",
-                    at,
-                });
+                return Err(DecodeError::WrongType { expected: "array", at });
             }
         };
         // An element takes at least one byte: a length above what is left is a lie.
@@ -132,16 +119,10 @@ impl<'a> Reader<'a> {
                 let raw = self.be(n)?;
                 let shift = 64 - 8 * n as u32;
                 let signed = ((raw << shift) as i64) >> shift;
-                u64::try_from(signed).map_err(|_| DecodeError::WrongType {
-                    expected: "unsigned integer",
-                    at,
-                })?
+                u64::try_from(signed).map_err(|_| DecodeError::WrongType { expected: "unsigned integer", at })?
             }
             _ => {
-                return Err(DecodeError::WrongType {
-                    expected: "unsigned integer",
-                    at,
-                });
+                return Err(DecodeError::WrongType { expected: "unsigned integer", at });
             }
         };
         Ok(v)
@@ -150,10 +131,7 @@ impl<'a> Reader<'a> {
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
         let at = self.pos;
         let v = self.u64()?;
-        u32::try_from(v).map_err(|_| DecodeError::WrongType {
-            expected: "32-bit unsigned integer",
-            at,
-        })
+        u32::try_from(v).map_err(|_| DecodeError::WrongType { expected: "32-bit unsigned integer", at })
     }
 
     pub fn str(&mut self, what: &'static str, max: usize) -> Result<&'a str, DecodeError> {
@@ -164,10 +142,7 @@ impl<'a> Reader<'a> {
             0xda => self.be(2)? as usize,
             0xdb => self.be(4)? as usize,
             _ => {
-                return Err(DecodeError::WrongType {
-                    expected: "string",
-                    at,
-                });
+                return Err(DecodeError::WrongType { expected: "string", at });
             }
         };
         if len > max {
@@ -184,10 +159,7 @@ impl<'a> Reader<'a> {
             0xc5 => self.be(2)? as usize,
             0xc6 => self.be(4)? as usize,
             _ => {
-                return Err(DecodeError::WrongType {
-                    expected: "binary",
-                    at,
-                });
+                return Err(DecodeError::WrongType { expected: "binary", at });
             }
         };
         if len > max {
@@ -243,38 +215,20 @@ mod tests {
             assert_eq!(r.u64().unwrap(), v);
             r.finish().unwrap();
         }
-        assert!(matches!(
-            Reader::new(&[0xff]).u64(),
-            Err(DecodeError::WrongType { .. })
-        ));
-        assert!(matches!(
-            Reader::new(&[0xd0, 0xff]).u64(),
-            Err(DecodeError::WrongType { .. })
-        ));
-        assert!(matches!(
-            Reader::new(&[0xcd, 0x01]).u64(),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(Reader::new(&[0xff]).u64(), Err(DecodeError::WrongType { .. })));
+        assert!(matches!(Reader::new(&[0xd0, 0xff]).u64(), Err(DecodeError::WrongType { .. })));
+        assert!(matches!(Reader::new(&[0xcd, 0x01]).u64(), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]
     fn array_length_cannot_exceed_input() {
-        assert!(matches!(
-            Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).array_len(),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert!(matches!(Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).array_len(), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]
     fn strings_are_bounded_before_reading() {
         let mut r = Reader::new(&[0xdb, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(
-            r.str("topic", 200),
-            Err(DecodeError::TooLong { .. })
-        ));
-        assert!(matches!(
-            Reader::new(&[0xa2, 0xff, 0xfe]).str("s", 9),
-            Err(DecodeError::InvalidUtf8 { .. })
-        ));
+        assert!(matches!(r.str("topic", 200), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(Reader::new(&[0xa2, 0xff, 0xfe]).str("s", 9), Err(DecodeError::InvalidUtf8 { .. })));
     }
 }

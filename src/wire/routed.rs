@@ -46,10 +46,7 @@ impl<'a> Routed<'a> {
     /// Appends the length-prefixed record to `out`. The topic must be valid (at most
     /// 200 bytes, so its length fits the one-byte prefix) and the frame non-empty.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        debug_assert!(
-            self.topic.len() <= MAX_TOPIC_BYTES,
-            "topic too long for a record"
-        );
+        debug_assert!(self.topic.len() <= MAX_TOPIC_BYTES, "topic too long for a record");
         let len = 1 + self.topic.len() + 8 + self.frame.len();
         out.reserve(4 + len);
         out.extend_from_slice(&(len as u32).to_be_bytes());
@@ -93,14 +90,7 @@ impl<'a> Routed<'a> {
         if frame.is_empty() {
             return Err(RecordError::EmptyFrame);
         }
-        Ok(Some((
-            Routed {
-                topic,
-                seq: u64::from_be_bytes(seq),
-                frame,
-            },
-            4 + len,
-        )))
+        Ok(Some((Routed { topic, seq: u64::from_be_bytes(seq), frame }, 4 + len)))
     }
 }
 
@@ -110,11 +100,7 @@ mod tests {
 
     #[test]
     fn streams_in_pieces() {
-        let r = Routed {
-            topic: "post:1",
-            seq: 9,
-            frame: b"\x91\x13",
-        };
+        let r = Routed { topic: "post:1", seq: 9, frame: b"\x91\x13" };
         let mut buf = r.encode();
         r.encode_into(&mut buf);
         let one = buf.len() / 2;
@@ -122,38 +108,17 @@ mod tests {
             assert_eq!(Routed::decode_prefix(&buf[..cut]), Ok(None));
         }
         assert_eq!(Routed::decode_prefix(&buf), Ok(Some((r, one))));
-        assert_eq!(
-            Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]),
-            Err(RecordError::TooLarge(u32::MAX as usize))
-        );
-        assert_eq!(
-            Routed::decode_prefix(&[0, 0, 0, 1, 0]),
-            Err(RecordError::TooSmall(1))
-        );
-        let bad = Routed {
-            topic: "a b",
-            seq: 1,
-            frame: b"x",
-        }
-        .encode();
-        assert!(matches!(
-            Routed::decode_prefix(&bad),
-            Err(RecordError::Topic(_))
-        ));
+        assert_eq!(Routed::decode_prefix(&[0xff, 0xff, 0xff, 0xff]), Err(RecordError::TooLarge(u32::MAX as usize)));
+        assert_eq!(Routed::decode_prefix(&[0, 0, 0, 1, 0]), Err(RecordError::TooSmall(1)));
+        let bad = Routed { topic: "a b", seq: 1, frame: b"x" }.encode();
+        assert!(matches!(Routed::decode_prefix(&bad), Err(RecordError::Topic(_))));
     }
 
     #[test]
     fn an_empty_frame_is_named() {
         // Regression: the header check swallowed this case as TooSmall.
-        let r = Routed {
-            topic: "post:1",
-            seq: 1,
-            frame: b"",
-        };
-        assert_eq!(
-            Routed::decode_prefix(&r.encode()),
-            Err(RecordError::EmptyFrame)
-        );
+        let r = Routed { topic: "post:1", seq: 1, frame: b"" };
+        assert_eq!(Routed::decode_prefix(&r.encode()), Err(RecordError::EmptyFrame));
         // A topic length that runs past the record is still TooSmall.
         assert_eq!(
             Routed::decode_prefix(&[0, 0, 0, 11, 3, b'a', 0, 0, 0, 0, 0, 0, 0, 0, 1]),

@@ -19,9 +19,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use thiserror::Error;
 
 use super::keys::KeySet;
-use super::limits::{
-    MAX_KID_BYTES, MAX_SUB_BYTES, MAX_TOKEN_TEXT_BYTES, MAX_TOKEN_TOPICS, MAX_TOPIC_BYTES,
-};
+use super::limits::{MAX_KID_BYTES, MAX_SUB_BYTES, MAX_TOKEN_TEXT_BYTES, MAX_TOKEN_TOPICS, MAX_TOPIC_BYTES};
 use super::msgpack::{Reader, write};
 use super::topic;
 
@@ -59,10 +57,7 @@ pub struct TokenPolicy {
 
 impl Default for TokenPolicy {
     fn default() -> Self {
-        Self {
-            skew_secs: 30,
-            max_ttl_secs: 3600,
-        }
+        Self { skew_secs: 30, max_ttl_secs: 3600 }
     }
 }
 
@@ -109,8 +104,7 @@ impl TokenError {
 impl Claims {
     /// The canonical MessagePack encoding of the claims (what is signed).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(64 + self.topics.iter().map(|t| t.len() + 2).sum::<usize>());
+        let mut out = Vec::with_capacity(64 + self.topics.iter().map(|t| t.len() + 2).sum::<usize>());
         write::array_len(&mut out, 7);
         write::uint(&mut out, VERSION);
         write::str(&mut out, &self.kid);
@@ -138,17 +132,13 @@ impl Claims {
             return Err(TokenError::UnsupportedVersion(version));
         }
         if n != 7 {
-            return Err(TokenError::Malformed(format!(
-                "claims array has {n} elements, expected 7"
-            )));
+            return Err(TokenError::Malformed(format!("claims array has {n} elements, expected 7")));
         }
         let kid = r.str("kid", MAX_KID_BYTES).map_err(bad)?.to_owned();
         let sub = r.str("sub", MAX_SUB_BYTES).map_err(bad)?.to_owned();
         let count = r.array_len().map_err(bad)?;
         if count == 0 || count > MAX_TOKEN_TOPICS {
-            return Err(TokenError::Malformed(format!(
-                "token grants {count} topics, expected 1..={MAX_TOKEN_TOPICS}"
-            )));
+            return Err(TokenError::Malformed(format!("token grants {count} topics, expected 1..={MAX_TOKEN_TOPICS}")));
         }
         let mut topics = Vec::with_capacity(count);
         for _ in 0..count {
@@ -158,25 +148,12 @@ impl Claims {
         }
         let iat = r.u64().map_err(bad)?;
         let exp = r.u64().map_err(bad)?;
-        let nbf = if r.nil().map_err(bad)? {
-            None
-        } else {
-            Some(r.u64().map_err(bad)?)
-        };
+        let nbf = if r.nil().map_err(bad)? { None } else { Some(r.u64().map_err(bad)?) };
         r.finish().map_err(bad)?;
         if exp < iat {
-            return Err(TokenError::Malformed(format!(
-                "exp {exp} is before iat {iat}"
-            )));
+            return Err(TokenError::Malformed(format!("exp {exp} is before iat {iat}")));
         }
-        Ok(Claims {
-            kid,
-            sub,
-            topics,
-            iat,
-            exp,
-            nbf,
-        })
+        Ok(Claims { kid, sub, topics, iat, exp, nbf })
     }
 
     /// Whether the token grants `topic`.
@@ -186,21 +163,14 @@ impl Claims {
 
     /// `Ok` when `topic` is granted, else [`TokenError::TopicNotGranted`].
     pub fn require(&self, topic: &str) -> Result<(), TokenError> {
-        if self.grants(topic) {
-            Ok(())
-        } else {
-            Err(TokenError::TopicNotGranted(topic.to_owned()))
-        }
+        if self.grants(topic) { Ok(()) } else { Err(TokenError::TopicNotGranted(topic.to_owned())) }
     }
 
     /// Checks the times against `now` (seconds) under `policy`.
     pub fn check_times(&self, now: u64, policy: &TokenPolicy) -> Result<(), TokenError> {
         let not_before = self.nbf.unwrap_or(self.iat).max(self.iat);
         if now.saturating_add(policy.skew_secs) < not_before {
-            return Err(TokenError::NotYetValid {
-                nbf: not_before,
-                now,
-            });
+            return Err(TokenError::NotYetValid { nbf: not_before, now });
         }
         if now > self.exp.saturating_add(policy.skew_secs) {
             return Err(TokenError::Expired { exp: self.exp, now });
@@ -208,10 +178,7 @@ impl Claims {
         // Decoded claims have exp >= iat; hand-built ones may not, and must not panic here.
         let ttl = self.exp.saturating_sub(self.iat);
         if ttl > policy.max_ttl_secs {
-            return Err(TokenError::TtlTooLong {
-                ttl,
-                max: policy.max_ttl_secs,
-            });
+            return Err(TokenError::TtlTooLong { ttl, max: policy.max_ttl_secs });
         }
         Ok(())
     }
@@ -244,45 +211,27 @@ pub struct Parsed {
 /// Decodes the text form without verifying anything: for `token inspect` and batch checks.
 pub fn parse(text: &str) -> Result<Parsed, TokenError> {
     if text.len() > MAX_TOKEN_TEXT_BYTES {
-        return Err(TokenError::TooLarge {
-            len: text.len(),
-            max: MAX_TOKEN_TEXT_BYTES,
-        });
+        return Err(TokenError::TooLarge { len: text.len(), max: MAX_TOKEN_TEXT_BYTES });
     }
     let raw = URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))
         .map_err(|e| TokenError::Malformed(format!("not base64url: {e}")))?;
     if raw.len() <= SIGNATURE_BYTES {
-        return Err(TokenError::Malformed(format!(
-            "{} bytes is too short for claims and a signature",
-            raw.len()
-        )));
+        return Err(TokenError::Malformed(format!("{} bytes is too short for claims and a signature", raw.len())));
     }
     let (body, sig) = raw.split_at(raw.len() - SIGNATURE_BYTES);
     let claims = Claims::decode(body)?;
-    let sig: [u8; SIGNATURE_BYTES] = sig
-        .try_into()
-        .map_err(|_| TokenError::Malformed("signature length".into()))?;
-    Ok(Parsed {
-        claims,
-        claims_bytes: body.to_vec(),
-        signature: Signature::from_bytes(&sig),
-    })
+    let sig: [u8; SIGNATURE_BYTES] = sig.try_into().map_err(|_| TokenError::Malformed("signature length".into()))?;
+    Ok(Parsed { claims, claims_bytes: body.to_vec(), signature: Signature::from_bytes(&sig) })
 }
 
 impl Parsed {
     fn key<'k>(&self, keys: &'k KeySet) -> Result<&'k VerifyingKey, TokenError> {
-        keys.get(&self.claims.kid)
-            .ok_or_else(|| TokenError::UnknownKid(self.claims.kid.clone()))
+        keys.get(&self.claims.kid).ok_or_else(|| TokenError::UnknownKid(self.claims.kid.clone()))
     }
 
     /// Verifies the signature with the key named by `kid`, then the times.
-    pub fn verify(
-        self,
-        keys: &KeySet,
-        now: u64,
-        policy: &TokenPolicy,
-    ) -> Result<Claims, TokenError> {
+    pub fn verify(self, keys: &KeySet, now: u64, policy: &TokenPolicy) -> Result<Claims, TokenError> {
         let key = self.key(keys)?;
         key.verify_strict(&signed_message(&self.claims_bytes), &self.signature)
             .map_err(|_| TokenError::BadSignature)?;
@@ -292,24 +241,14 @@ impl Parsed {
 }
 
 /// Verifies one token: the whole check except the topic (see [`Claims::require`]).
-pub fn verify(
-    text: &str,
-    keys: &KeySet,
-    now: u64,
-    policy: &TokenPolicy,
-) -> Result<Claims, TokenError> {
+pub fn verify(text: &str, keys: &KeySet, now: u64, policy: &TokenPolicy) -> Result<Claims, TokenError> {
     parse(text)?.verify(keys, now, policy)
 }
 
 /// Verifies many tokens at once: one Ed25519 batch (about 2.5x cheaper per signature than
 /// one by one), falling back to single checks only when the batch fails, to name the culprits.
 /// Used to absorb reconnect storms. Results are in input order.
-pub fn verify_many(
-    texts: &[&str],
-    keys: &KeySet,
-    now: u64,
-    policy: &TokenPolicy,
-) -> Vec<Result<Claims, TokenError>> {
+pub fn verify_many(texts: &[&str], keys: &KeySet, now: u64, policy: &TokenPolicy) -> Vec<Result<Claims, TokenError>> {
     let mut results: Vec<Result<Parsed, TokenError>> = texts.iter().map(|t| parse(t)).collect();
     let mut msgs = Vec::new();
     let mut sigs = Vec::new();
@@ -370,10 +309,7 @@ mod tests {
         ks
     }
 
-    const P: TokenPolicy = TokenPolicy {
-        skew_secs: 30,
-        max_ttl_secs: 3600,
-    };
+    const P: TokenPolicy = TokenPolicy { skew_secs: 30, max_ttl_secs: 3600 };
 
     #[test]
     fn verifies_at_the_time_boundaries() {
@@ -381,34 +317,16 @@ mod tests {
         let t = mint(&c, &key(1));
         assert_eq!(verify(&t, &keys(), c.exp - 1, &P).unwrap(), c);
         assert_eq!(verify(&t, &keys(), c.exp + 30, &P).unwrap(), c);
-        assert_eq!(
-            verify(&t, &keys(), c.exp + 31, &P),
-            Err(TokenError::Expired {
-                exp: c.exp,
-                now: c.exp + 31
-            })
-        );
+        assert_eq!(verify(&t, &keys(), c.exp + 31, &P), Err(TokenError::Expired { exp: c.exp, now: c.exp + 31 }));
         assert!(verify(&t, &keys(), c.iat - 30, &P).is_ok());
-        assert_eq!(
-            verify(&t, &keys(), c.iat - 31, &P),
-            Err(TokenError::NotYetValid {
-                nbf: c.iat,
-                now: c.iat - 31
-            })
-        );
+        assert_eq!(verify(&t, &keys(), c.iat - 31, &P), Err(TokenError::NotYetValid { nbf: c.iat, now: c.iat - 31 }));
     }
 
     #[test]
     fn nbf_later_than_iat_is_honoured() {
-        let c = Claims {
-            nbf: Some(1_700_000_100),
-            ..claims()
-        };
+        let c = Claims { nbf: Some(1_700_000_100), ..claims() };
         let t = mint(&c, &key(1));
-        assert_eq!(
-            verify(&t, &keys(), 1_700_000_069, &P).unwrap_err().code(),
-            "token_not_yet_valid"
-        );
+        assert_eq!(verify(&t, &keys(), 1_700_000_069, &P).unwrap_err().code(), "token_not_yet_valid");
         assert!(verify(&t, &keys(), 1_700_000_070, &P).is_ok());
     }
 
@@ -418,38 +336,13 @@ mod tests {
         let now = c.iat + 1;
         let code = |t: &str| verify(t, &keys(), now, &P).unwrap_err().code();
         assert_eq!(code(&mint(&c, &key(2))), "token_bad_signature");
-        assert_eq!(
-            code(&mint(
-                &Claims {
-                    kid: "k9".into(),
-                    ..c.clone()
-                },
-                &key(1)
-            )),
-            "token_unknown_kid"
-        );
-        assert_eq!(
-            code(&mint(
-                &Claims {
-                    exp: c.iat + 3601,
-                    ..c.clone()
-                },
-                &key(1)
-            )),
-            "token_ttl_too_long"
-        );
+        assert_eq!(code(&mint(&Claims { kid: "k9".into(), ..c.clone() }, &key(1))), "token_unknown_kid");
+        assert_eq!(code(&mint(&Claims { exp: c.iat + 3601, ..c.clone() }, &key(1))), "token_ttl_too_long");
         assert_eq!(code("not base64!"), "token_malformed");
         assert_eq!(code("AAAA"), "token_malformed");
+        assert_eq!(code(&"A".repeat(MAX_TOKEN_TEXT_BYTES + 1)), "token_too_large");
         assert_eq!(
-            code(&"A".repeat(MAX_TOKEN_TEXT_BYTES + 1)),
-            "token_too_large"
-        );
-        assert_eq!(
-            verify(&mint(&c, &key(1)), &keys(), now, &P)
-                .unwrap()
-                .require("post:1")
-                .unwrap_err()
-                .code(),
+            verify(&mint(&c, &key(1)), &keys(), now, &P).unwrap().require("post:1").unwrap_err().code(),
             "topic_not_granted"
         );
         // A flipped bit in the claims breaks the signature, not the decoder.
@@ -472,27 +365,12 @@ mod tests {
             verify(&URL_SAFE_NO_PAD.encode(&body), &keys(), 1_700_000_001, &P),
             Err(TokenError::UnsupportedVersion(2))
         );
-        let no_topics = Claims {
-            topics: vec![],
-            ..claims()
-        };
-        assert!(matches!(
-            Claims::decode(&no_topics.encode()),
-            Err(TokenError::Malformed(_))
-        ));
-        let bad_topic = Claims {
-            topics: vec!["has space".into()],
-            ..claims()
-        };
-        assert!(matches!(
-            Claims::decode(&bad_topic.encode()),
-            Err(TokenError::Malformed(_))
-        ));
+        let no_topics = Claims { topics: vec![], ..claims() };
+        assert!(matches!(Claims::decode(&no_topics.encode()), Err(TokenError::Malformed(_))));
+        let bad_topic = Claims { topics: vec!["has space".into()], ..claims() };
+        assert!(matches!(Claims::decode(&bad_topic.encode()), Err(TokenError::Malformed(_))));
         let backwards = Claims { exp: 1, ..claims() };
-        assert!(matches!(
-            Claims::decode(&backwards.encode()),
-            Err(TokenError::Malformed(_))
-        ));
+        assert!(matches!(Claims::decode(&backwards.encode()), Err(TokenError::Malformed(_))));
     }
 
     #[test]
@@ -508,9 +386,6 @@ mod tests {
         let all_good = verify_many(&[good.as_str(), good.as_str()], &keys(), c.iat, &P);
         assert!(all_good.iter().all(Result::is_ok));
         let late = verify_many(&[good.as_str(), good.as_str()], &keys(), c.exp + 31, &P);
-        assert!(
-            late.iter()
-                .all(|r| r.as_ref().unwrap_err().code() == "token_expired")
-        );
+        assert!(late.iter().all(|r| r.as_ref().unwrap_err().code() == "token_expired"));
     }
 }

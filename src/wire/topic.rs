@@ -29,10 +29,7 @@ pub fn validate(s: &str) -> Result<(), TopicError> {
         return Err(TopicError::TooLong { len: s.len() });
     }
     match s.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
-        Some(at) => Err(TopicError::BadByte {
-            byte: s.as_bytes()[at],
-            at,
-        }),
+        Some(at) => Err(TopicError::BadByte { byte: s.as_bytes()[at], at }),
         None => Ok(()),
     }
 }
@@ -80,21 +77,9 @@ mod tests {
     #[test]
     fn rejects_with_a_reason() {
         assert_eq!(validate(""), Err(TopicError::Empty));
-        assert_eq!(
-            validate(&"x".repeat(201)),
-            Err(TopicError::TooLong { len: 201 })
-        );
-        assert_eq!(
-            validate("a b"),
-            Err(TopicError::BadByte { byte: b' ', at: 1 })
-        );
-        assert_eq!(
-            validate("é"),
-            Err(TopicError::BadByte { byte: 0xc3, at: 0 })
-        );
-        assert_eq!(
-            validate("a\x7f"),
-            Err(TopicError::BadByte { byte: 0x7f, at: 1 })
-        );
+        assert_eq!(validate(&"x".repeat(201)), Err(TopicError::TooLong { len: 201 }));
+        assert_eq!(validate("a b"), Err(TopicError::BadByte { byte: b' ', at: 1 }));
+        assert_eq!(validate("é"), Err(TopicError::BadByte { byte: 0xc3, at: 0 }));
+        assert_eq!(validate("a\x7f"), Err(TopicError::BadByte { byte: 0x7f, at: 1 }));
     }
 }
