@@ -13,7 +13,7 @@ run: release
 	scripts/run.sh
 
 services:
-	scripts/services.sh rabbitmq postgres
+	scripts/services.sh rabbitmq postgres prometheus systemd-analyze
 
 test: services
 	$(CARGO) build --workspace --all-targets
