@@ -5,6 +5,9 @@
 //! `worker=<i>`, until the real worker is merged). Waits are for observable states (the
 //! ready line, /readyz, a metric, a log event, a process gone), never a bare sleep.
 
+// Test helpers panic on failure: that is how a test fails.
+#![allow(clippy::unwrap_used)]
+
 mod supervisor_support;
 
 use std::collections::BTreeMap;
