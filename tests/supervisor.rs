@@ -256,11 +256,102 @@ fn a_crash_looping_worker_is_respawned_ever_more_slowly() {
 #[test]
 fn a_worker_that_cannot_start_fails_the_start_with_exit_1() {
     let started = Instant::now();
-    let (status, logs) = match Router::start_with(2, "", |dir| obstruct_worker(dir, 1)) {
+    let (status, logs) = match Router::start_with(2, "", &[], |dir| obstruct_worker(dir, 1)) {
         Ok(_) => panic!("the router became ready with a worker that cannot start"),
         Err(e) => e,
     };
     assert_eq!(status.code(), Some(1), "{logs}");
     assert!(logs.contains("worker-1 failed 3 times before the router was ever ready"), "{logs}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_worker_stuck_in_its_drain_is_killed_after_the_grace() {
+    let mut r = Router::start(2);
+    let pids = r.worker_pids();
+    // Worker 0 cannot act on SIGTERM: it is stopped.
+    kill(Pid::from_raw(pids[&0]), Signal::SIGSTOP).unwrap();
+    let sent = Instant::now();
+    r.signal(Signal::SIGTERM);
+    // While draining the host is alive but not ready.
+    assert!(wait_until(Duration::from_secs(2), || r
+        .admin_get("/readyz")
+        .is_ok_and(|(c, b)| c == 503 && b.contains("stopping"))));
+    assert_eq!(r.admin_get("/healthz").unwrap().0, 200);
+    let status = r.wait_exit(Duration::from_secs(3 + 2)).expect("exit after the 3 s grace");
+    let took = sent.elapsed();
+    println!("stuck worker: supervisor exited {} ms after SIGTERM (grace 3 s)", took.as_millis());
+    assert_eq!(status.code(), Some(0));
+    assert!(took >= Duration::from_secs(3), "exited before the grace: {took:?}");
+    let logs = r.logs();
+    assert!(logs.contains("grace period over: SIGKILL"), "{logs}");
+    let exits = log_events(&logs, "child exited");
+    let w0 = exits.iter().find(|e| e.get("child").map(String::as_str) == Some("worker-0")).expect("worker-0 exit");
+    assert_eq!(w0.get("exit").map(String::as_str), Some("signal:SIGKILL"), "{logs}");
+    assert!(!alive(pids[&0]) && !alive(pids[&1]));
+}
+
+#[test]
+fn a_port_held_by_another_router_is_refused() {
+    let first = Router::start(1);
+    let port = first.router.port();
+    let taken = format!("listen = \"127.0.0.1:{port}\"\n");
+    // The second router's [router] listen replaces port 0 with the first one's port.
+    let result = Router::start_with(1, "", &[], |dir| {
+        let cfg = dir.join("switchboard.toml");
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("listen = \"127.0.0.1:0\"\nworkers", &format!("{taken}workers"));
+        std::fs::write(cfg, text).unwrap();
+    });
+    let (status, logs) = match result {
+        Ok(_) => panic!("a second router started on port {port}, sharing the first one's traffic"),
+        Err(e) => e,
+    };
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(logs.contains("another router"), "{logs}");
+    assert_eq!(first.get("/").unwrap().0, 200);
+}
+
+/// Datagrams the supervisor sent to `NOTIFY_SOCKET`, as text.
+fn notifications(sock: &std::os::unix::net::UnixDatagram) -> Vec<String> {
+    let mut out = vec![];
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    out
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut r = Router::start_with(2, "", &[("NOTIFY_SOCKET", &path)], |_| {}).unwrap();
+    let mut seen = vec![];
+    assert!(wait_until(Duration::from_secs(3), || {
+        seen.extend(notifications(&sock));
+        seen.iter().any(|m| m.contains("READY=1"))
+    }));
+    let ready = seen.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=2/2 workers up, 0 restarts"), "{seen:?}");
+    r.signal(Signal::SIGHUP);
+    let mut after = vec![];
+    assert!(wait_until(Duration::from_secs(3), || {
+        after.extend(notifications(&sock));
+        after.iter().any(|m| m.contains("READY=1"))
+    }));
+    let reloading = after.iter().position(|m| m.contains("RELOADING=1")).expect("RELOADING=1");
+    assert!(after[reloading].contains("MONOTONIC_USEC="), "{after:?}");
+    assert!(after.iter().position(|m| m.contains("READY=1")).unwrap() > reloading);
+    r.signal(Signal::SIGTERM);
+    let mut last = vec![];
+    assert!(wait_until(Duration::from_secs(3), || {
+        last.extend(notifications(&sock));
+        last.iter().any(|m| m.contains("STOPPING=1"))
+    }));
+    assert_eq!(r.wait_exit(Duration::from_secs(4)).and_then(|s| s.code()), Some(0));
+    println!("notifications: {seen:?} then {after:?} then {last:?}");
 }

@@ -145,7 +145,18 @@ fn handled_signals() -> SigSet {
 }
 
 /// Binds `addr` with SO_REUSEPORT without listening: reserves the port for the workers.
+///
+/// A fixed port is first probed with a plain bind: SO_REUSEPORT would otherwise let this
+/// router's workers silently join the listeners of another router (same user) already on
+/// the port and share its traffic.
 fn reserve_port(addr: SocketAddr) -> io::Result<Socket> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe
+            .bind(&addr.into())
+            .map_err(|e| io::Error::new(e.kind(), format!("{e} (is another router or program listening there?)")))?;
+    }
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;

@@ -49,14 +49,16 @@ pub fn bin() -> &'static str {
 
 impl Router {
     pub fn start(workers: usize) -> Router {
-        Self::start_with(workers, "", |_| {}).expect("router did not become ready")
+        Self::start_with(workers, "", &[], |_| {}).expect("router did not become ready")
     }
 
-    /// Starts a router; `prepare` runs on the directory before the start. Err holds the
-    /// exit status and the log when the router exits instead of becoming ready.
+    /// Starts a router with extra `[router]` lines and environment; `prepare` runs on the
+    /// directory before the start. Err holds the exit status and the log when the router
+    /// exits instead of becoming ready.
     pub fn start_with(
         workers: usize,
         extra_router_toml: &str,
+        env: &[(&str, &Path)],
         prepare: impl FnOnce(&Path),
     ) -> Result<Router, (ExitStatus, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -70,6 +72,7 @@ impl Router {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
