@@ -355,3 +355,29 @@ fn systemd_hears_ready_reloading_and_stopping() {
     assert_eq!(r.wait_exit(Duration::from_secs(4)).and_then(|s| s.code()), Some(0));
     println!("notifications: {seen:?} then {after:?} then {last:?}");
 }
+
+/// A field of /proc/<pid>/status, e.g. `Cpus_allowed_list`.
+fn proc_status(pid: i32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or_default().trim().to_owned()
+}
+
+#[test]
+fn workers_are_pinned_and_inherit_the_raised_fd_limit() {
+    let cpus = proc_status(std::process::id() as i32, "Cpus_allowed_list");
+    let mut r = Router::start_with(2, "pin_cpus = true", &[], |_| {}).unwrap();
+    let pids = r.worker_pids();
+    let pinned: Vec<String> = (0..2).map(|w| proc_status(pids[&w], "Cpus_allowed_list")).collect();
+    println!("test may run on CPUs {cpus}; workers pinned to {pinned:?}");
+    for p in &pinned {
+        assert!(p.parse::<usize>().is_ok(), "worker not pinned to one CPU: {p}");
+    }
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2 {
+        assert_ne!(pinned[0], pinned[1], "two workers on one CPU while two are available");
+    }
+    // RLIMIT_NOFILE: soft raised to hard in the supervisor, inherited by every worker.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pids[&0])).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums[0], nums[1], "{line}");
+}

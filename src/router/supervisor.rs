@@ -392,7 +392,7 @@ impl Supervisor {
             for i in readable {
                 self.read_ready(i);
             }
-            self.on_timers(Instant::now())?;
+            self.on_timers(Instant::now());
             self.publish();
         }
     }
@@ -575,7 +575,7 @@ impl Supervisor {
         }
     }
 
-    fn on_timers(&mut self, now: Instant) -> Result<(), RouterError> {
+    fn on_timers(&mut self, now: Instant) {
         match self.phase {
             Phase::Draining { deadline, killed: false } | Phase::Stopping { deadline, killed: false }
                 if now >= deadline =>
@@ -593,15 +593,21 @@ impl Supervisor {
             _ => {}
         }
         if self.stopping() {
-            return Ok(());
+            return;
         }
         for i in 0..self.slots.len() {
             if self.slots[i].respawn_at.is_some_and(|t| t <= now) {
-                self.slots[i].restarts += 1;
-                self.spawn(i)?;
+                match self.spawn(i) {
+                    Ok(()) => self.slots[i].restarts += 1,
+                    // fork or pipe2 can fail for a while (EAGAIN, EMFILE): try again later.
+                    Err(e) => {
+                        let delay = Backoff::SCHEDULE[Backoff::SCHEDULE.len() - 1];
+                        tracing::error!(child = %self.slots[i].role, error = %e, retry_in_ms = delay.as_millis() as u64, "respawn failed");
+                        self.slots[i].respawn_at = Some(now + delay);
+                    }
+                }
             }
         }
-        Ok(())
     }
 
     fn status(&self) -> String {
