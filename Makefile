@@ -13,7 +13,7 @@ run: release
 	scripts/run.sh
 
 services:
-	scripts/services.sh rabbitmq postgres php
+	scripts/services.sh rabbitmq postgres php prometheus systemd-analyze
 
 test: services
 	$(CARGO) build --workspace --all-targets

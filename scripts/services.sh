@@ -67,10 +67,14 @@ ensure_prometheus() {
   command -v prometheus >/dev/null || apt_install prometheus
 }
 
+ensure_systemd-analyze() {
+  command -v systemd-analyze >/dev/null || apt_install systemd
+}
+
 [ $# -gt 0 ] || { sed -n '2,8p' "$0"; exit 2; }
 for s in "$@"; do
   case $s in
-    rabbitmq|postgres|php|chromium|prometheus) "ensure_$s" ;;
+    rabbitmq|postgres|php|chromium|prometheus|systemd-analyze) "ensure_$s" ;;
     *) die "unknown service $s" ;;
   esac
 done

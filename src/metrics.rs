@@ -44,8 +44,20 @@ pub const BUS_RECONNECTS: &str = "switchboard_bus_reconnects_total";
 pub const BUS_SEQ_ANOMALIES: &str = "switchboard_bus_seq_anomalies_total";
 /// Envelope `ts` to the write to the client socket (histogram).
 pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
-/// Worker processes respawned by the supervisor (counter).
+/// Worker processes respawned by the supervisor, by `worker` (counter; from the supervisor).
 pub const WORKER_RESTARTS: &str = "switchboard_worker_restarts_total";
+/// Worker processes the supervisor keeps running (gauge; from the supervisor).
+pub const WORKERS: &str = "switchboard_workers";
+/// A worker is running and has reported ready (1) or not (0), by `worker` (gauge; from the
+/// supervisor).
+pub const WORKER_UP: &str = "switchboard_worker_up";
+/// The supervisor is shutting down (1) or not (0) (gauge; from the supervisor).
+pub const SUPERVISOR_STOPPING: &str = "switchboard_supervisor_stopping";
+/// Worker metrics sockets the admin endpoint could not read during a scrape, by `worker`
+/// (counter; from the admin process).
+pub const ADMIN_SCRAPE_ERRORS: &str = "switchboard_admin_scrape_errors_total";
+/// SIGHUP reloads a worker carried out, by `result` (`ok`, `error`) (counter).
+pub const CONFIG_RELOADS: &str = "switchboard_config_reloads_total";
 /// Journal appends (counter).
 pub const JOURNAL_APPENDS: &str = "switchboard_journal_appends_total";
 /// Envelopes stored but not yet confirmed by the bus (gauge).
