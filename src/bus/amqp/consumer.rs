@@ -137,11 +137,9 @@ impl Consumer {
             Err(e) if e.is_permanent() => return Err(e),
             r => r,
         };
+        // The run loop logs a failed first attempt; the worker learns it right away.
         match &first {
-            Err(e) => {
-                tracing::warn!(worker = index, error = %e, "bus not reachable at start; retrying in the background");
-                shared.set_down(ingress.as_ref());
-            }
+            Err(_) => shared.set_down(ingress.as_ref()),
             Ok(session) => shared.set_up(ingress.as_ref(), session),
         }
         let task = tokio::task::spawn_local(run(settings, shared.clone(), ingress, first));

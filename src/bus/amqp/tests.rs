@@ -109,23 +109,35 @@ async fn cleanup(cfg: &BusConfig) {
     let _ = conn.close(200, "bye".into()).await;
 }
 
-/// A TCP proxy in front of the broker, on its own thread, that a test switches off (listener
-/// closed, every connection cut: connection refused from then on) and on again (same port).
+/// What the test proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Forwards both ways.
+    Up,
+    /// Keeps every socket open but forwards nothing (a hung broker or a black-holed network):
+    /// only heartbeats and timeouts can notice.
+    Stalled,
+    /// Listener closed and every connection cut: connection refused.
+    Down,
+}
+
+/// A TCP proxy in front of the broker, on its own thread, that a test switches between
+/// [`Link`] states (always on the same port).
 struct Proxy {
     port: u16,
-    up: tokio::sync::watch::Sender<bool>,
+    state: tokio::sync::watch::Sender<Link>,
 }
 
 impl Proxy {
     fn start(upstream: SocketAddr) -> Self {
-        let (up, mut rx) = tokio::sync::watch::channel(true);
+        let (state, mut rx) = tokio::sync::watch::channel(Link::Up);
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("proxy runtime");
             rt.block_on(async move {
                 let mut port = 0;
                 loop {
-                    while !*rx.borrow_and_update() {
+                    while *rx.borrow_and_update() == Link::Down {
                         if rx.changed().await.is_err() {
                             return;
                         }
@@ -139,14 +151,10 @@ impl Proxy {
                     let mut conns = tokio::task::JoinSet::new();
                     loop {
                         tokio::select! {
-                            a = listener.accept() => if let Ok((mut client, _)) = a {
-                                conns.spawn(async move {
-                                    if let Ok(mut broker) = tokio::net::TcpStream::connect(upstream).await {
-                                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                                    }
-                                });
+                            a = listener.accept() => if let Ok((client, _)) = a {
+                                conns.spawn(forward(client, upstream, rx.clone()));
                             },
-                            c = rx.changed() => if c.is_err() || !*rx.borrow_and_update() { break },
+                            c = rx.changed() => if c.is_err() || *rx.borrow_and_update() == Link::Down { break },
                         }
                     }
                     // Dropping the listener and the JoinSet refuses and cuts everything.
@@ -154,16 +162,29 @@ impl Proxy {
             });
         });
         let port = port_rx.recv().expect("proxy port");
-        Self { port, up }
+        Self { port, state }
     }
 
     fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    fn set(&self, up: bool) {
-        self.up.send_replace(up);
+    fn set(&self, link: Link) {
+        self.state.send_replace(link);
     }
+}
+
+/// One proxied connection: forwards while Up, holds the sockets silent while Stalled.
+async fn forward(mut client: tokio::net::TcpStream, upstream: SocketAddr, mut rx: tokio::sync::watch::Receiver<Link>) {
+    let Ok(mut broker) = tokio::net::TcpStream::connect(upstream).await else { return };
+    if *rx.borrow_and_update() == Link::Up {
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => return,
+            _ = rx.wait_for(|l| *l != Link::Up) => {}
+        }
+    }
+    // Stalled: keep both sockets open and silent until the link changes (then drop them).
+    let _ = rx.wait_for(|l| *l != Link::Stalled).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -318,7 +339,7 @@ async fn unreachable_broker_reports_down_and_recovers() {
         wait_until(10, "first envelope", || r.got.borrow().len() == 1).await;
         let q1 = c.stats().queue.expect("queue");
 
-        proxy.set(false);
+        proxy.set(Link::Down);
         wait_until(30, "bus down", || *r.states.borrow() == [true, false]).await;
         assert!(!c.stats().up);
         // The publisher's connection is cut: the next calls fail, and once it tries to connect
@@ -334,13 +355,51 @@ async fn unreachable_broker_reports_down_and_recovers() {
 
         // Let a few reconnect attempts fail, then bring the broker back.
         tokio::time::sleep(Duration::from_millis(800)).await;
-        proxy.set(true);
+        proxy.set(Link::Up);
         wait_until(30, "bus up again", || *r.states.borrow() == [true, false, true]).await;
         let s = c.stats();
         assert!(s.up && s.queue.as_deref() != Some(q1.as_str()), "{s:?}");
         p.publish(&sent[1..]).await.expect("publish after");
         wait_until(10, "deliveries resume", || r.got.borrow().len() == 3).await;
         assert_eq!(got(&r).iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        p.close().await;
+        drop(c);
+        cleanup(&cfg).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stalled_broker_is_noticed_by_heartbeats() {
+    local(async {
+        let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], 5672)));
+        let mut cfg = cfg("stall");
+        cfg.amqp_url = proxy.url();
+        cfg.heartbeat_secs = 1;
+        cfg.connect_timeout_secs = 1;
+        let r = Rc::new(Recorder::default());
+        let c = Consumer::start(&cfg, 0, r.clone()).await.expect("consumer");
+        let mut p = Publisher::connect(&cfg).await.expect("publisher");
+        let sent = batch(&["post:5"], 2);
+        p.publish(&sent[..1]).await.expect("publish before");
+        wait_until(10, "first envelope", || r.got.borrow().len() == 1).await;
+
+        // Silence without a TCP error: lapin's missed-heartbeat check is what notices.
+        let stalled_at = tokio::time::Instant::now();
+        proxy.set(Link::Stalled);
+        wait_until(15, "bus down", || *r.states.borrow() == [true, false]).await;
+        let noticed = stalled_at.elapsed();
+        // Reconnects meanwhile hang in the AMQP handshake and give up at connect_timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(*r.states.borrow(), [true, false]);
+        proxy.set(Link::Up);
+        wait_until(30, "bus up again", || *r.states.borrow() == [true, false, true]).await;
+        // The publisher's old connection is dead too; the first call may fail, a retry works.
+        if p.publish(&sent[1..]).await.is_err() {
+            p.publish(&sent[1..]).await.expect("publish after a reconnect");
+        }
+        wait_until(10, "deliveries resume", || r.got.borrow().iter().any(|(_, s, _)| *s == 2)).await;
+        eprintln!("stalled broker noticed after {noticed:?} with heartbeat 1 s");
         p.close().await;
         drop(c);
         cleanup(&cfg).await;
