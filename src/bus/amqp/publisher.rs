@@ -12,10 +12,11 @@
 //! `Send`: a publisher may live on any tokio runtime, multi-threaded included, as long as it is
 //! used inside the runtime that created its connection (lapin drives its I/O there).
 
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection};
+use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 
 use super::message::{self, Routing};
 use super::{Target, hostname, nonce, topology};
@@ -121,14 +122,39 @@ impl Publisher {
         let target = &self.target;
         let exchange = &self.exchange;
         let send = async {
+            // lapin's basic_publish queues its frames on its first poll and then waits for the
+            // I/O thread to write them. Polling every publish once, in order, before awaiting
+            // any, keeps the batch's order while the writes and their wake-ups overlap.
+            let mut sends: Vec<_> = batch
+                .iter()
+                .zip(out)
+                .map(|(r, (key, props))| {
+                    Box::pin(link.ch.basic_publish(
+                        exchange.as_str().into(),
+                        key,
+                        BasicPublishOptions::default(),
+                        &r.frame,
+                        props,
+                    ))
+                })
+                .collect();
+            let mut early: Vec<Option<lapin::Result<PublisherConfirm>>> = Vec::with_capacity(sends.len());
+            std::future::poll_fn(|cx| {
+                early.extend(sends.iter_mut().map(|f| match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => None,
+                }));
+                Poll::Ready(())
+            })
+            .await;
             let mut confirms = Vec::with_capacity(batch.len());
-            for (r, (key, props)) in batch.iter().zip(out) {
-                let c = link
-                    .ch
-                    .basic_publish(exchange.as_str().into(), key, BasicPublishOptions::default(), &r.frame, props)
-                    .await
-                    .map_err(|e| target.error(&e))?;
-                confirms.push(c);
+            for (f, done) in sends.into_iter().zip(early) {
+                // A send that finished on its first poll must not be polled again.
+                let sent = match done {
+                    Some(r) => r,
+                    None => f.await,
+                };
+                confirms.push(sent.map_err(|e| target.error(&e))?);
             }
             for (i, c) in confirms.into_iter().enumerate() {
                 match c.await.map_err(|e| target.error(&e))? {
