@@ -507,7 +507,20 @@ fn buckets_scenario(a: &Args) -> anyhow::Result<()> {
         let ready = w.bound.clone();
         w.go()?;
         let (wall, _) = runtime()?.block_on(publish_n(&cfg, n, 1000, topics, size))?;
-        let r = w.stop(u64::MAX)?;
+        // What the broker routes to this worker: everything, or the envelopes of topics in a
+        // bucket it bound (publish_n sends envelope i to topic i % topics).
+        let expected = match mode {
+            None => n,
+            Some(b) => {
+                let bound: HashSet<u32> =
+                    (0..topics).step_by(every).map(|t| buckets::bucket_of(&topic_name(t), b)).collect();
+                (0..n).filter(|i| bound.contains(&buckets::bucket_of(&topic_name(i % topics), b))).count()
+            }
+        };
+        let r = w.stop(expected as u64)?;
+        if r.received != expected as u64 {
+            eprintln!("warning: expected {expected} envelopes at the worker, got {}", r.received);
+        }
         println!(
             "| {} | {} | {} | {} | {} | {:.1} | {:.0} |",
             mode.map_or("fanout".to_owned(), |b| format!("buckets/{b}")),
