@@ -610,7 +610,7 @@ fn url_host_keeps_ip_literals() {
     assert_eq!(t.uri.authority.host, "rabbit.internal");
 }
 
-/// Deletes every `sbtest.*` exchange left by interrupted test runs (run by name, alone:
+/// Deletes every `sbtest.*` and `sbbench.*` exchange left by interrupted test or bench runs (run by name, alone:
 /// `cargo test --lib sweep_test_exchanges -- --ignored`; rabbitmqctl cannot delete exchanges).
 #[tokio::test(flavor = "current_thread")]
 #[ignore]
@@ -618,7 +618,7 @@ async fn sweep_test_exchanges() {
     let list = rabbitmqctl(&["list_exchanges", "--no-table-headers", "name"]).await;
     let conn = lapin::Connection::connect(BROKER, Default::default()).await.expect("connection");
     let ch = conn.create_channel().await.expect("channel");
-    for x in list.lines().map(str::trim).filter(|x| x.starts_with("sbtest.")) {
+    for x in list.lines().map(str::trim).filter(|x| x.starts_with("sbtest.") || x.starts_with("sbbench.")) {
         ch.exchange_delete(x.into(), ExchangeDeleteOptions::default()).await.expect("delete");
         eprintln!("deleted {x}");
     }
