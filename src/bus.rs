@@ -32,15 +32,51 @@ pub trait Ingress {
     fn bus_state(&self, up: bool);
 }
 
-/// Why the bus failed.
+/// Why the bus failed. Every variant's message names the broker by host, port and vhost,
+/// never by its credentials.
 #[derive(Debug, Error)]
 pub enum BusError {
     #[error("local bus: {0}")]
     Local(#[from] std::io::Error),
+    /// Any other AMQP failure.
     #[error("amqp bus: {0}")]
     Amqp(String),
+    /// The broker nacked a message (it could not take it, e.g. a full queue with reject-publish).
     #[error("the broker refused the message: {0}")]
     Refused(String),
+    /// The broker could not be reached or the connection to it was lost (DNS, TCP, handshake,
+    /// missed heartbeats, connect timeout). Retrying later may work.
+    #[error("cannot reach the broker at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    /// The broker refused the credentials or the vhost (ACCESS_REFUSED, NOT_ALLOWED): a
+    /// configuration problem, retrying will not help.
+    #[error("the broker at {endpoint} refused access: {reason}")]
+    AccessRefused { endpoint: String, reason: String },
+    /// The broker closed the channel or connection with an AMQP reply code (e.g. 406
+    /// PRECONDITION_FAILED when an exchange exists with another type, 320 CONNECTION_FORCED
+    /// when an operator closed it); code 0 when the channel was already closed.
+    #[error("the broker closed the channel ({code}): {reason}")]
+    Closed { code: u16, reason: String },
+    /// The broker did not confirm a batch in time (e.g. it blocks publishers on a memory or
+    /// disk alarm). Some of the batch may have been delivered.
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The envelope cannot travel on this bus (bad topic, seq or frame size).
+    #[error("cannot publish: {0}")]
+    Invalid(String),
+}
+
+impl BusError {
+    /// True for errors that retrying cannot fix (configuration or input), as opposed to a
+    /// broker that is down, restarting or busy.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            BusError::AccessRefused { .. }
+                | BusError::Invalid(_)
+                | BusError::Closed { code: 403 | 404 | 406 | 530, .. }
+        )
+    }
 }
 
 /// A worker's running consumer. Dropping it stops consuming.
@@ -76,14 +112,32 @@ pub async fn start(cfg: &BusConfig, index: usize, ingress: Rc<dyn Ingress>) -> R
 /// Publishes routed envelopes to every worker (application side: journal outbox, CLI).
 pub enum Publisher {
     Local(local::Publisher),
-    Amqp(amqp::Publisher),
+    /// Boxed: it is several hundred bytes (URL, names) and the local one is small.
+    Amqp(Box<amqp::Publisher>),
 }
 
 impl Publisher {
+    /// Connects now, so a wrong URL or an unreachable broker is reported at once.
     pub async fn connect(cfg: &BusConfig) -> Result<Self, BusError> {
         match cfg.kind {
             BusKind::Local => Ok(Publisher::Local(local::Publisher::new(&cfg.local_dir))),
-            BusKind::Amqp => Ok(Publisher::Amqp(amqp::Publisher::connect(cfg).await?)),
+            BusKind::Amqp => Ok(Publisher::Amqp(Box::new(amqp::Publisher::connect(cfg).await?))),
+        }
+    }
+
+    /// Checks the configuration but connects on the first publish (for an outbox that must
+    /// start while the broker is down). Failures then surface from [`Publisher::publish`].
+    pub fn lazy(cfg: &BusConfig) -> Result<Self, BusError> {
+        match cfg.kind {
+            BusKind::Local => Ok(Publisher::Local(local::Publisher::new(&cfg.local_dir))),
+            BusKind::Amqp => Ok(Publisher::Amqp(Box::new(amqp::Publisher::lazy(cfg)?))),
+        }
+    }
+
+    /// Closes the connection politely (AMQP connection.close) instead of dropping it.
+    pub async fn close(self) {
+        if let Publisher::Amqp(p) = self {
+            p.close().await
         }
     }
 
@@ -132,8 +186,10 @@ pub fn publish_one(
             }
             BusKind::Amqp => {
                 let mut p = Publisher::connect(cfg).await?;
-                p.publish(std::slice::from_ref(&routed)).await?;
-                Ok(" to the amqp exchange".to_owned())
+                let r = p.publish(std::slice::from_ref(&routed)).await;
+                p.close().await;
+                r?;
+                Ok(format!(" to the amqp exchange {}", amqp::publish_exchange(cfg)))
             }
         }
     })

@@ -193,22 +193,32 @@ pub struct BusConfig {
     pub kind: BusKind,
     /// Directory of the local bus sockets, one per worker (`worker-N.sock`). Default `run/bus`.
     pub local_dir: PathBuf,
-    /// AMQP URL. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    /// AMQP URL (`amqp://user:pass@host:port/vhost`, vhost `/` written `%2f`; plain TCP only:
+    /// this build has no AMQP TLS). A `heartbeat` query parameter in the URL wins over
+    /// `heartbeat_secs`. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub amqp_url: String,
-    /// Fan-out exchange name. Default `switchboard.envelopes`.
+    /// Fan-out exchange name (durable). Buckets routing uses `<exchange>.buckets` (direct).
+    /// At most 200 bytes. Default `switchboard.envelopes`.
     pub exchange: String,
-    /// Unacknowledged deliveries per worker consumer. Default 1024.
+    /// Unacknowledged deliveries per worker consumer (basic.qos, per consumer), at least 1.
+    /// Bounds what a worker holds in memory. Default 1024.
     pub prefetch: u16,
-    /// AMQP heartbeat, in seconds. Default 10.
+    /// AMQP heartbeat, in seconds, at least 1: how fast a dead broker is noticed (about twice
+    /// this). Default 10.
     pub heartbeat_secs: u16,
     /// Most messages a worker's queue holds at the broker before the oldest are dropped
-    /// (x-max-length, drop-head). Default 100000.
+    /// (x-max-length, drop-head), at least 1. Default 100000.
     pub queue_max_length: u32,
     /// "fanout" (every worker gets every envelope) or "buckets" (a worker binds only the topic
-    /// buckets it has subscribers in). Default "fanout".
+    /// buckets it has subscribers in). Publishers and routers must agree. Default "fanout".
     pub routing: BusRouting,
-    /// Number of topic buckets in "buckets" routing. Default 1024.
+    /// Number of topic buckets in "buckets" routing, 1..=65536; bucket = FNV-1a-32(topic) %
+    /// buckets (docs/rabbitmq.md). Publishers and routers must agree. Default 1024.
     pub buckets: u32,
+    /// Seconds to establish an AMQP connection (TCP and handshake) before giving up. Default 5.
+    pub connect_timeout_secs: u64,
+    /// Seconds a publisher waits for the broker to confirm a batch before failing it. Default 10.
+    pub publish_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -237,7 +247,48 @@ impl Default for BusConfig {
             queue_max_length: 100_000,
             routing: BusRouting::Fanout,
             buckets: 1024,
+            connect_timeout_secs: 5,
+            publish_timeout_secs: 10,
         }
+    }
+}
+
+impl BusConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kind == BusKind::Amqp {
+            if self.amqp_url.starts_with("amqps://") {
+                return Err(invalid(
+                    "bus.amqp_url",
+                    "amqps:// is not supported by this build (no AMQP TLS); use amqp://",
+                ));
+            }
+            if !self.amqp_url.starts_with("amqp://") {
+                return Err(invalid("bus.amqp_url", "must be an amqp:// URL"));
+            }
+            // The same parser lapin uses, so a URL that passes here connects the same way.
+            if let Err(e) = self.amqp_url.parse::<lapin::uri::AMQPUri>() {
+                return Err(invalid("bus.amqp_url", format!("not a valid AMQP URL: {e}")));
+            }
+        }
+        if self.exchange.is_empty() || self.exchange.len() > 200 || self.exchange.starts_with("amq.") {
+            return Err(invalid("bus.exchange", "must be 1..=200 bytes and not start with amq. (reserved)"));
+        }
+        if self.prefetch == 0 {
+            return Err(invalid("bus.prefetch", "must be at least 1 (0 would mean unlimited at the broker)"));
+        }
+        if self.heartbeat_secs == 0 {
+            return Err(invalid("bus.heartbeat_secs", "must be at least 1: it is how a dead broker is noticed"));
+        }
+        if self.queue_max_length == 0 {
+            return Err(invalid("bus.queue_max_length", "must be at least 1"));
+        }
+        if self.buckets == 0 || self.buckets > 65536 {
+            return Err(invalid("bus.buckets", "must be 1..=65536"));
+        }
+        if self.connect_timeout_secs == 0 || self.publish_timeout_secs == 0 {
+            return Err(invalid("bus.connect_timeout_secs", "connect and publish timeouts must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -381,12 +432,7 @@ impl Config {
         if self.tokens.max_ttl_secs == 0 {
             return Err(invalid("tokens.max_ttl_secs", "must be at least 1"));
         }
-        if self.bus.kind == BusKind::Amqp && !self.bus.amqp_url.starts_with("amqp") {
-            return Err(invalid("bus.amqp_url", "must be an amqp:// or amqps:// URL"));
-        }
-        if self.bus.prefetch == 0 || self.bus.buckets == 0 {
-            return Err(invalid("bus", "prefetch and buckets must be at least 1"));
-        }
+        self.bus.validate()?;
         if self.journal.max_page == 0 {
             return Err(invalid("journal.max_page", "must be at least 1"));
         }
@@ -421,6 +467,23 @@ mod tests {
         let e = Config::parse("[router]\nping_interval_secs = 10\nidle_timeout_secs = 5\n").unwrap_err();
         assert!(e.to_string().starts_with("router.idle_timeout_secs"), "{e}");
         assert!(Config::parse("[bus]\nkind = \"kafka\"\n").is_err());
+    }
+
+    #[test]
+    fn bus_values_are_checked() {
+        let err = |text: &str| Config::parse(text).expect_err("refused").to_string();
+        assert!(err("[bus]\nprefetch = 0\n").starts_with("bus.prefetch"));
+        assert!(err("[bus]\nbuckets = 0\n").starts_with("bus.buckets"));
+        assert!(err("[bus]\nbuckets = 65537\n").starts_with("bus.buckets"));
+        assert!(err("[bus]\nheartbeat_secs = 0\n").starts_with("bus.heartbeat_secs"));
+        assert!(err("[bus]\nqueue_max_length = 0\n").starts_with("bus.queue_max_length"));
+        assert!(err("[bus]\nexchange = \"amq.fanout\"\n").starts_with("bus.exchange"));
+        assert!(err("[bus]\nkind = \"amqp\"\namqp_url = \"amqps://h/%2f\"\n").contains("no AMQP TLS"));
+        assert!(err("[bus]\nkind = \"amqp\"\namqp_url = \"http://h/\"\n").starts_with("bus.amqp_url"));
+        assert!(err("[bus]\nkind = \"amqp\"\namqp_url = \"amqp://h:notaport/\"\n").contains("not a valid"));
+        // A non-power-of-two bucket count is fine: the hash is reduced with a plain modulo.
+        let c = Config::parse("[bus]\nkind = \"amqp\"\nrouting = \"buckets\"\nbuckets = 1000\n").expect("valid");
+        assert_eq!(c.bus.buckets, 1000);
     }
 
     #[test]

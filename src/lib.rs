@@ -7,6 +7,8 @@
 //! # Layout
 //!
 //! - [`wire`]: the contract, pure (no I/O): envelope, frames, tokens, topics, keys, bus record.
+//! - [`bus`]: how envelopes reach workers: `bus/local.rs` (Unix sockets, one host), `bus/amqp.rs`
+//!   (RabbitMQ: consumer, publisher, topology, bucket routing; docs/rabbitmq.md).
 pub mod app;
 pub mod bus;
 pub mod config;

@@ -40,6 +40,19 @@ pub const FRAMES_IN: &str = "switchboard_frames_in_total";
 pub const BUS_CONNECTED: &str = "switchboard_bus_connected";
 /// Bus reconnects (counter).
 pub const BUS_RECONNECTS: &str = "switchboard_bus_reconnects_total";
+/// Bus messages that could not be routed (no valid topic or seq, bad frame size), by `reason`
+/// (`topic`, `seq`, `frame`); acked and dropped (counter).
+pub const BUS_INVALID: &str = "switchboard_bus_invalid_total";
+/// Bucket routing: messages whose routing key is not their topic's bucket, i.e. a publisher
+/// with another bucket count; delivered anyway (counter).
+pub const BUS_MISROUTED: &str = "switchboard_bus_misrouted_total";
+/// Bucket routing: buckets this worker's queue is bound to (gauge).
+pub const BUS_BUCKETS_BOUND: &str = "switchboard_bus_buckets_bound";
+/// Envelopes the broker confirmed to a publisher (counter).
+pub const BUS_PUBLISHED: &str = "switchboard_bus_published_total";
+/// Failed publish calls, by `reason` (`unreachable`, `access_refused`, `closed`, `nack`,
+/// `timeout`, `other`) (counter).
+pub const BUS_PUBLISH_ERRORS: &str = "switchboard_bus_publish_errors_total";
 /// Envelopes seen at ingress with a seq not above the last one for their topic (counter).
 pub const BUS_SEQ_ANOMALIES: &str = "switchboard_bus_seq_anomalies_total";
 /// Envelope `ts` to the write to the client socket (histogram).
