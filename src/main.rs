@@ -168,7 +168,7 @@ fn run(command: Command) -> Result<(), Fail> {
                 cfg.router.workers = n;
             }
             cfg.check().map_err(usage)?;
-            switchboard::router::run(cfg).map_err(runtime)
+            switchboard::router::run(cfg, config).map_err(runtime)
         }
         Command::Journal { config } => {
             let cfg = load(config.as_ref())?;
