@@ -195,6 +195,6 @@ fn has_value(v: &HeaderValue, want: &str) -> bool {
 mod tests {
     #[test]
     fn accept_key_matches_rfc_6455_example() {
-        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaB9YXzKCbg+Oo=");
+        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }
