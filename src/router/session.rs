@@ -22,6 +22,8 @@ use super::socket::{self, Conn, Limits, Violation};
 use super::worker::Worker;
 use crate::config::SlowConsumerPolicy;
 use crate::wire::frame::FrameError;
+use crate::wire::msgpack::DecodeError;
+use crate::wire::token::TokenError;
 use crate::wire::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
 
 /// Extra room for answers on top of `outbound_queue_bytes`, so a client whose queue is full
@@ -83,7 +85,16 @@ impl socket::Session for Session {
 
     async fn on_message(&self, _text: bool, payload: &[u8]) -> Result<(), Violation> {
         let Some(w) = self.worker.upgrade() else { return Ok(()) };
-        let frame = ClientFrame::decode(payload).map_err(|e| {
+        let decoded = ClientFrame::decode(payload);
+        if let Err(FrameError::Decode(DecodeError::TooLong { what: "token", len, max })) = &decoded {
+            // A token over the contract's size is a token failure, not a protocol violation.
+            let e = TokenError::TooLarge { len: *len, max: *max };
+            metrics::counter!(crate::metrics::TOKEN_REJECTIONS, "reason" => e.code()).increment(1);
+            let id = request_id(payload).unwrap_or(0);
+            self.send_error(id, e.code(), &e.to_string(), w.limits().control_queue_bytes);
+            return Ok(());
+        }
+        let frame = decoded.map_err(|e| {
             let mut v = frame_violation(&e);
             // Answer with the request id when the frame got far enough to have one.
             if let Some(id) = request_id(payload) {
