@@ -163,3 +163,33 @@ async fn connections_beyond_the_limit_get_503() {
     }
     assert!(ok, "a freed slot is reused");
 }
+
+#[tokio::test]
+async fn sigterm_drains_with_1001_and_exits_0_and_sighup_reloads() {
+    use nix::sys::signal::Signal;
+    let env = Env::new().with("router", "drain_window_secs = 1").with("router", "shutdown_grace_secs = 2");
+    let mut router = env.router();
+    let addr = router.addr("router");
+    let mut c = connect(addr).await;
+    subscribe_ok(&mut c, 1, "t", &env.token(&["t"], 60)).await;
+    // SIGHUP with a config that no longer parses: logged, the old one kept, nobody dropped.
+    let good = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(env.config_path(), "[router]\nbogus = 1\n").unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(router.pid() as i32), Signal::SIGHUP);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !router.stderr().contains("config refused") && std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(env.config_path(), good).unwrap();
+    c.send(&ClientFrame::Ping { id: 2 }).await.unwrap();
+    assert!(matches!(next(&mut c).await.frame(), Some(ServerFrame::Pong { id: 2 })));
+    let waiter = tokio::task::spawn_blocking(move || {
+        let code = router.signal_and_wait(Signal::SIGTERM, Duration::from_secs(10));
+        (code, router.stderr())
+    });
+    assert_eq!(expect_close(&mut c).await, 1001);
+    c.close(1001).await.unwrap();
+    let (code, stderr) = waiter.await.unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("config refused"), "the bad reload was logged: {stderr}");
+}

@@ -366,7 +366,9 @@ impl Worker {
     fn reload(&self, keys: KeySet, router: RouterConfig) {
         {
             let old = self.cfg.borrow();
-            if old.listen != router.listen || old.path != router.path {
+            // Port 0 in the file means "the one picked at start", not a change.
+            let moved = router.listen != old.listen && router.listen.port() != 0;
+            if moved || old.path != router.path {
                 tracing::warn!("router.listen and router.path changes need a restart; keeping the old ones");
             }
         }
