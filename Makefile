@@ -18,6 +18,7 @@ services:
 test: services
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
+	scripts/autobahn.sh
 
 lint:
 	$(CARGO) fmt --all --check

@@ -276,6 +276,11 @@ async fn read_loop<S: Session>(s: Rc<S>, mut rd: WebSocketRead<Prefixed>) {
                 conn.last_rx.set(Instant::now());
                 let mut stop = false;
                 match f.opcode {
+                    // Control frames carry at most 125 bytes (RFC 6455 5.5); fastwebsockets
+                    // checks pings only.
+                    OpCode::Close if f.payload.len() > 125 => {
+                        conn.close(PROTOCOL_ERROR, "control frame above 125 bytes", false)
+                    }
                     OpCode::Close => conn.out.borrow_mut().close(outbound::frame(Op::Close, &f.payload), false),
                     _ if !conn.is_open() => {}
                     _ => {
@@ -320,6 +325,10 @@ async fn read_loop<S: Session>(s: Rc<S>, mut rd: WebSocketRead<Prefixed>) {
         conn.last_rx.set(Instant::now());
         match frame.opcode {
             OpCode::Close => return,
+            OpCode::Pong if frame.payload.len() > 125 => {
+                r.fail(PROTOCOL_ERROR, "control frame above 125 bytes");
+                continue;
+            }
             OpCode::Pong | OpCode::Ping => continue,
             _ if !conn.is_open() => continue, // closing: discard until the peer's close
             _ => {}
