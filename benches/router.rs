@@ -1,6 +1,7 @@
 //! Hot-path micro-benchmarks: ledger routing, frame building, fan-out into queues.
 //!
 //!     cargo bench --bench router
+#![allow(clippy::unwrap_used)] // a test panics to report a failure
 
 use std::hint::black_box;
 use std::rc::Rc;

@@ -36,7 +36,8 @@ pub struct Message {
 impl Message {
     /// The close code of a close frame.
     pub fn close_code(&self) -> Option<u16> {
-        (self.op == op::CLOSE && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+        (self.op == op::CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
 
     /// Decodes a binary message as a router frame.
@@ -88,8 +89,11 @@ async fn read_response(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(u1
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.advance(end + 4);
-            let status =
-                head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(io::Error::from(io::ErrorKind::InvalidData))?;
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or(io::Error::from(io::ErrorKind::InvalidData))?;
             if status == 101 {
                 return Ok((status, head, String::new()));
             }

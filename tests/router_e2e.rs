@@ -1,4 +1,5 @@
 //! The router as a user meets it: the real binary, real sockets, the local bus.
+#![allow(clippy::unwrap_used)] // a test panics to report a failure
 
 mod support;
 
@@ -88,8 +89,10 @@ async fn subprotocol_is_echoed_only_when_offered() {
     let req = switchboard::client::request("x", "/ws", "Sec-WebSocket-Protocol: chat, switchboard.v1\r\n");
     let c = Client::connect_raw(tokio::net::TcpStream::connect(addr).await.unwrap(), &req).await.unwrap();
     assert!(c.response_head.to_ascii_lowercase().contains("sec-websocket-protocol: switchboard.v1"));
-    assert!(c.response_head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        || c.response_head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="));
+    assert!(
+        c.response_head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            || c.response_head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=")
+    );
     let plain = connect(addr).await;
     assert!(!plain.response_head.to_ascii_lowercase().contains("sec-websocket-protocol"));
 }
@@ -117,7 +120,8 @@ async fn bad_handshakes_get_a_status_and_a_reason() {
     let (s, body) = refused(addr, v8).await;
     assert_eq!(s, 400);
     assert!(body.contains("version"), "{body}");
-    let nokey = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let nokey =
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let (s, body) = refused(addr, nokey).await;
     assert_eq!(s, 400);
     assert!(body.contains("Sec-WebSocket-Key"), "{body}");

@@ -1,4 +1,5 @@
 //! A worker driven in-process: the bus driven by hand, paused clocks, and `Control`.
+#![allow(clippy::unwrap_used)] // a test panics to report a failure
 
 mod support;
 
@@ -124,7 +125,9 @@ async fn a_subscription_ends_when_its_token_expires() {
             tokio::time::pause();
             let started = tokio::time::Instant::now();
             match next(&mut c).await.frame() {
-                Some(ServerFrame::Unsubscribed { topic, code }) => assert_eq!((topic, code), ("short", "token_expired")),
+                Some(ServerFrame::Unsubscribed { topic, code }) => {
+                    assert_eq!((topic, code), ("short", "token_expired"))
+                }
                 other => panic!("{other:?}"),
             }
             assert!(started.elapsed() <= Duration::from_secs(5), "expired after {:?}", started.elapsed());
@@ -146,8 +149,7 @@ async fn a_subscription_ends_when_its_token_expires() {
 async fn drain_stops_accepting_and_spreads_1001_closes_over_the_window() {
     LocalSet::new()
         .run_until(async {
-            let env =
-                Env::new().with("router", "drain_window_secs = 1").with("router", "shutdown_grace_secs = 3");
+            let env = Env::new().with("router", "drain_window_secs = 1").with("router", "shutdown_grace_secs = 3");
             let (running, tx, rx) = support::inproc::start(&env).await;
             let addr = running.local_addr();
             let mut clients = Vec::new();

@@ -16,8 +16,8 @@ use std::rc::Rc;
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::wire::token::{self, Claims, TokenError, TokenPolicy};
 use crate::wire::KeySet;
+use crate::wire::token::{self, Claims, TokenError, TokenPolicy};
 
 /// Most tokens cached per worker; beyond it new tokens are verified but not cached.
 pub const MAX_CACHED: usize = 100_000;

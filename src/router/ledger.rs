@@ -157,7 +157,7 @@ impl Ledger {
     /// Removes the subscription at `conns[conn][i]`; returns the topic name when it was the
     /// topic's last subscriber (the topic is gone).
     fn remove_at(&mut self, conn: ConnId, i: usize) -> Option<Rc<str>> {
-        let Some(list) = self.conns.get_mut(&conn) else { return None };
+        let list = self.conns.get_mut(&conn)?;
         let sub = list.swap_remove(i);
         if list.is_empty() {
             self.conns.remove(&conn);
@@ -283,7 +283,7 @@ mod tests {
     fn subscribe_route_unsubscribe() {
         let mut l = Ledger::new();
         assert_eq!(l.subscribe(1, "a", 100, 4), Ok(Subscribed { first: true, renewed: false, last_seq: None }));
-        assert_eq!(l.subscribe(2, "a", 100, 4).unwrap().first, false);
+        assert!(!l.subscribe(2, "a", 100, 4).unwrap().first);
         l.subscribe(2, "b", 100, 4).unwrap();
         let r = l.route("a", 5).unwrap();
         assert_eq!((r.conns, r.anomaly, &**r.topic), (&[1, 2][..], false, "a"));

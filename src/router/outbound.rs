@@ -221,8 +221,7 @@ impl Outbound {
     /// with an already queued gap notice of the topic, which is removed too. Returns the
     /// range, plus `extra` (the envelope that did not fit), for the caller's new gap notice.
     pub fn drop_topic(&mut self, topic: &Rc<str>, extra: Option<u64>) -> Option<Dropped> {
-        let mut range: Option<Dropped> =
-            extra.map(|s| Dropped { from: s, to: s, count: 1 });
+        let mut range: Option<Dropped> = extra.map(|s| Dropped { from: s, to: s, count: 1 });
         let mut widen = |from: u64, to: u64, n: u64| {
             range = Some(match range {
                 None => Dropped { from, to, count: n },

@@ -240,10 +240,7 @@ impl<S: Session> Reader<S> {
         let ok = b.take(l, now);
         self.bucket.set(Some(b));
         if !ok {
-            self.violate(
-                Violation::new(ErrorCode::RateLimited, CloseCode::POLICY, "too many frames: slow down"),
-                l,
-            );
+            self.violate(Violation::new(ErrorCode::RateLimited, CloseCode::POLICY, "too many frames: slow down"), l);
         }
         ok
     }

@@ -146,9 +146,8 @@ fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full
         }
         None => return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing", "bad_key"),
     };
-    let protocol = ep
-        .protocol()
-        .filter(|p| req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().any(|v| has_value(v, p)));
+    let protocol =
+        ep.protocol().filter(|p| req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().any(|v| has_value(v, p)));
     let session = match ep.open() {
         Ok(s) => s,
         Err(Refusal::Full) => {

@@ -44,7 +44,12 @@ use crate::metrics as m;
 use crate::wire::limits::MAX_RESYNC_TOPICS;
 use crate::wire::{CloseCode, ErrorCode, KeySet, ServerFrame};
 
+/// Subscriptions due to expire, by the second after which their token is no longer valid.
+type Wheel = BTreeMap<u64, Vec<(ConnId, Rc<str>)>>;
+
 /// What the supervisor (or a test) tells a running worker.
+// A few messages per process lifetime: the size of `Reload` costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Control {
     /// Stop accepting, close every client with 1001 spread over `drain_window_secs`, exit by
@@ -131,7 +136,7 @@ pub struct Worker {
     free: RefCell<Vec<ConnId>>,
     live: Cell<usize>,
     /// Subscriptions by the second after which their token is expired: the shared wheel.
-    expiry: RefCell<BTreeMap<u64, Vec<(ConnId, Rc<str>)>>>,
+    expiry: RefCell<Wheel>,
     consumer: RefCell<Option<bus::Consumer>>,
     /// The bus went down since the last up: the next up sends resync.
     bus_was_down: Cell<bool>,
@@ -281,10 +286,10 @@ impl Worker {
 
     /// Ends subscriptions whose token expired before `now` (seconds): `unsubscribed` frames.
     fn expire(&self, now: u64) {
-        let due: Vec<(u64, Vec<(ConnId, Rc<str>)>)> = {
+        let due: Wheel = {
             let mut wheel = self.expiry.borrow_mut();
             let later = wheel.split_off(&now);
-            std::mem::replace(&mut *wheel, later).into_iter().collect()
+            std::mem::replace(&mut *wheel, later)
         };
         let bound = self.limits().control_queue_bytes;
         for (until, subs) in due {
