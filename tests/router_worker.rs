@@ -236,3 +236,37 @@ async fn reload_swaps_keys_and_limits_without_dropping_anyone() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_reads_nothing_is_cut_even_when_its_close_cannot_be_written() {
+    LocalSet::new()
+        .run_until(async {
+            let env = Env::new().with("router", "outbound_queue_bytes = 65536");
+            let (running, _tx, _rx) = support::inproc::start(&env).await;
+            let mut deaf = connect(running.local_addr()).await;
+            subscribe_ok(&mut deaf, 1, "big", &env.token(&["big"], 600)).await;
+            let ingress = running.ingress();
+            let frame = envelope("big", 0, &vec![1u8; 32 * 1024]).frame;
+            // Fill the kernel's buffers on both sides (loopback autotuning allows tens of
+            // MiB), then the outbound queue.
+            for seq in 1..=1500 {
+                ingress.deliver("big", seq, frame.clone());
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(running.worker().connections(), 1);
+            let s = running.worker().session_for_tests(0);
+            // The writer is stuck on a full socket (overflow dropped the rest: a gap waits).
+            assert!(s.conn.out.borrow().queued_bytes() > 0, "the socket still takes data");
+            drop(s);
+            tokio::time::pause();
+            let started = tokio::time::Instant::now();
+            while running.worker().connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert!(started.elapsed() < Duration::from_secs(120), "the connection was never cut");
+            }
+            // Idle timeout (45 s) plus the close deadline (5 s), give or take a sweep.
+            assert!(started.elapsed() >= Duration::from_secs(45), "cut after {:?}", started.elapsed());
+            drop(deaf);
+        })
+        .await;
+}

@@ -47,6 +47,8 @@ pub async fn drain(worker: &Worker, window: Duration, grace: Duration, control: 
         }
         closed = target;
     }
+    // Connections admitted while the listener was closing were not in the snapshot.
+    worker.close_all_gently();
     wait_empty(worker, grace.saturating_sub(start.elapsed())).await;
     if worker.connections() > 0 {
         tracing::warn!(left = worker.connections(), "grace period over: cutting the rest");

@@ -15,8 +15,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
-/// Histogram buckets, in seconds (latencies) and bytes alike: wide enough for both.
-pub const BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+/// Histogram buckets, in seconds: from a microsecond (routing one envelope) to seconds.
+pub const BUCKETS: &[f64] = &[0.000_001, 0.000_01, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 /// How often histogram buffers are folded (they grow until then).
 const UPKEEP: Duration = Duration::from_secs(5);

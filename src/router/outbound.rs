@@ -146,7 +146,9 @@ pub struct Outbound {
     /// The front item was partly written.
     front_started: bool,
     state: State,
-    /// The writer, parked while the queue is empty.
+    /// When the close frame was queued (the sweep kills a close that cannot be written).
+    closing_since: Option<tokio::time::Instant>,
+    /// The writer, parked while the queue is empty or the socket is full.
     waker: Option<Waker>,
     /// Bytes written to the socket so far (for the metric, read at close).
     pub written: u64,
@@ -160,7 +162,15 @@ impl Default for Outbound {
 
 impl Outbound {
     pub fn new() -> Self {
-        Self { queue: VecDeque::new(), bytes: 0, front_started: false, state: State::Open, waker: None, written: 0 }
+        Self {
+            queue: VecDeque::new(),
+            bytes: 0,
+            front_started: false,
+            state: State::Open,
+            closing_since: None,
+            waker: None,
+            written: 0,
+        }
     }
 
     pub fn state(&self) -> State {
@@ -279,6 +289,12 @@ impl Outbound {
         }
         self.push(frame, Tag::Close);
         self.state = State::Closing;
+        self.closing_since = Some(tokio::time::Instant::now());
+    }
+
+    /// When the close frame was queued, if it was.
+    pub fn closing_since(&self) -> Option<tokio::time::Instant> {
+        self.closing_since
     }
 
     /// The peer is gone: drop everything and let the writer finish.
@@ -356,7 +372,12 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             }
             let res = Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]);
             match res {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The socket will wake us when writable; `kill` must be able to as well
+                    // (a peer that never reads would otherwise hold the writer forever).
+                    o.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(w)) => {

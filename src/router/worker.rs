@@ -71,6 +71,9 @@ pub enum WorkerError {
     Bus(#[from] BusError),
 }
 
+/// How long a connection may take to write its close frame before it is cut.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// How long `Stop` waits for close frames to leave before giving up on them.
 const STOP_FLUSH: Duration = Duration::from_secs(1);
 
@@ -108,6 +111,7 @@ struct Counters {
     dropped_close: metrics::Counter,
     gaps: metrics::Counter,
     anomalies: metrics::Counter,
+    route: metrics::Histogram,
 }
 
 impl Counters {
@@ -120,6 +124,7 @@ impl Counters {
             dropped_close: metrics::counter!(m::DROPS, "reason" => "slow_consumer_close"),
             gaps: metrics::counter!(m::GAPS),
             anomalies: metrics::counter!(m::BUS_SEQ_ANOMALIES),
+            route: metrics::histogram!(m::ROUTE_SECONDS),
         }
     }
 }
@@ -320,7 +325,13 @@ impl Worker {
         for s in self.sessions.borrow().iter().flatten() {
             let c = &s.conn;
             let silent = now.saturating_duration_since(c.last_rx.get());
-            if silent >= idle {
+            let stuck =
+                c.out.borrow().closing_since().is_some_and(|t| now.saturating_duration_since(t) >= CLOSE_DEADLINE);
+            if stuck {
+                // The close frame could not even be written: the peer reads nothing. Cut it.
+                metrics::counter!(m::CLOSES, "reason" => "close_timeout").increment(1);
+                c.out.borrow_mut().kill();
+            } else if silent >= idle {
                 if c.is_open() {
                     metrics::counter!(m::CLOSES, "reason" => "idle_timeout").increment(1);
                     c.close(CloseCode::IDLE_TIMEOUT, "idle timeout", true);
@@ -426,6 +437,7 @@ impl Endpoint for Worker {
 
 impl Ingress for Worker {
     fn deliver(&self, topic: &str, seq: u64, frame: Bytes) {
+        let started = std::time::Instant::now();
         self.counters.received.increment(1);
         let (bound, policy) = {
             let c = self.cfg.borrow();
@@ -464,6 +476,7 @@ impl Ingress for Worker {
             self.counters.dropped_close.increment(closed);
             metrics::counter!(m::CLOSES, "reason" => "slow_consumer").increment(closed);
         }
+        self.counters.route.record(started.elapsed().as_secs_f64());
     }
 
     fn bus_state(&self, up: bool) {
@@ -586,6 +599,15 @@ impl Running {
 impl Worker {
     pub(super) fn sessions_snapshot(&self) -> Vec<Rc<Session>> {
         self.all_sessions()
+    }
+
+    #[doc(hidden)]
+    pub fn session_for_tests(&self, id: ConnId) -> Rc<Session> {
+        self.session(id).expect("session")
+    }
+
+    pub(super) fn close_all_gently(&self) {
+        self.close_all(CloseCode::GOING_AWAY, "server draining: reconnect", false);
     }
 
     pub(super) fn stop_all_now(&self) {
