@@ -7,10 +7,15 @@
 //! # Layout
 //!
 //! - [`wire`]: the contract, pure (no I/O): envelope, frames, tokens, topics, keys, bus record.
+//! - [`router`]: the worker (listener, upgrade, connection, outbound queue, session, ledger,
+//!   token cache, drain, metrics socket); see its Layout list.
 //! - [`bus`]: how envelopes reach workers: `bus/local.rs` (Unix sockets, one host), `bus/amqp.rs`
 //!   (RabbitMQ: consumer, publisher, topology, bucket routing; docs/rabbitmq.md).
+//! - [`client`]: a raw WebSocket client of the frame protocol (tests, bench).
+//! - [`config`], [`metrics`] (metric names), [`telemetry`] (logs), [`app`] (token issuing).
 pub mod app;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod journal;
 pub mod metrics;

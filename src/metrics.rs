@@ -57,6 +57,8 @@ pub const BUS_PUBLISH_ERRORS: &str = "switchboard_bus_publish_errors_total";
 pub const BUS_SEQ_ANOMALIES: &str = "switchboard_bus_seq_anomalies_total";
 /// Envelope `ts` to the write to the client socket (histogram).
 pub const DELIVERY_LATENCY: &str = "switchboard_delivery_latency_seconds";
+/// Time a worker spends routing one envelope into every local subscriber's queue (histogram).
+pub const ROUTE_SECONDS: &str = "switchboard_route_seconds";
 /// Worker processes respawned by the supervisor, by `worker` (counter; from the supervisor).
 pub const WORKER_RESTARTS: &str = "switchboard_worker_restarts_total";
 /// Worker processes the supervisor keeps running (gauge; from the supervisor).

@@ -12,13 +12,30 @@
 //! - [`admin`]: the admin child (`/metrics`, `/healthz`, `/readyz`); [`admin::merge`] merges
 //!   the workers' Prometheus texts by family.
 //! - [`rlimit`]: raising RLIMIT_NOFILE before the fork.
-//! - [`listener`]: the SO_REUSEPORT listener every worker binds on the shared port.
-//! - [`worker`]: what a worker process does after the fork.
+//! - [`worker`]: one worker (one thread, one runtime): [`worker::serve`], [`worker::process_main`],
+//!   bus ingress, the per-second sweep (pings, idle closes, token expiry), resync.
+//! - [`listener`]: the SO_REUSEPORT listening socket every worker binds.
+//! - [`upgrade`]: HTTP, the handshake checks and the 101; the zero-lock downcast to `TcpStream`.
+//! - [`socket`]: one WebSocket connection: reader task, writer, limits, violations, closing.
+//! - [`outbound`]: the byte-bounded outbound queue and the coalescing `writev` writer.
+//! - [`session`]: the frame protocol of one client, and the slow-consumer policy.
+//! - [`ledger`]: topic -> connections and back, last seq per topic.
+//! - [`auth`]: verified-token cache and batched signature checks.
+//! - [`drain`]: closing clients spread over a window on SIGTERM.
+//! - [`exporter`]: the worker's metrics recorder and its Unix socket.
 
 pub mod admin;
+pub mod auth;
+pub mod drain;
+pub mod exporter;
+pub mod ledger;
 pub mod listener;
+pub mod outbound;
 pub mod rlimit;
+pub mod session;
+pub mod socket;
 pub mod supervisor;
+pub mod upgrade;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -1,0 +1,199 @@
+//! The HTTP side of a connection: accept, read the request, check it, answer 101 (or why not).
+//!
+//! hyper 1 serves the request (with `header_read_timeout` as the handshake timeout, which only
+//! works with a timer set); the checks of RFC 6455 section 4.2.1 are done here, so that each
+//! refusal has a status and a reason in its body: wrong path 404, anything that is not a
+//! well-formed version-13 upgrade 400, a full worker 503. The 101 is built here too (instead
+//! of `fastwebsockets::upgrade::upgrade`) because the upgraded connection is then downcast
+//! back to the `TcpStream` it came from: the session gets owned halves with no lock and no
+//! boxed I/O between it and the socket (tech-notes section 1, "zero-lock split").
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha1::{Digest, Sha1};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::socket::{self, Session};
+
+/// The subprotocol the router speaks; echoed only when the client offers it.
+pub const PROTOCOL: &str = "switchboard.v1";
+
+/// RFC 6455 section 1.3: the accept key is SHA-1 of the client's key and this GUID.
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Why an upgrade was not accepted (503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The worker is at `max_connections`.
+    Full,
+    /// The worker is draining.
+    Draining,
+}
+
+/// What the HTTP side needs from whoever owns the connections (the worker, or the echo).
+pub trait Endpoint: 'static {
+    type Session: Session;
+    /// Whether `path` is the WebSocket endpoint.
+    fn is_path(&self, path: &str) -> bool;
+    /// Seconds a client has to send its request headers.
+    fn handshake_timeout(&self) -> Duration;
+    /// The subprotocol to accept when offered.
+    fn protocol(&self) -> Option<&'static str>;
+    /// Admits one more connection and creates its session (before the 101 is sent).
+    fn open(self: &Rc<Self>) -> Result<Rc<Self::Session>, Refusal>;
+}
+
+/// Accepts connections until the task is dropped (which closes the listener).
+pub async fn accept_loop<E: Endpoint>(listener: TcpListener, ep: Rc<E>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _peer)) => {
+                // Frames are coalesced by the writer already; Nagle would only add latency.
+                let _ = tcp.set_nodelay(true);
+                tokio::task::spawn_local(serve_http(ep.clone(), tcp));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on a full fd table.
+                tracing::warn!(error = %e, "accept failed");
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "accept_error").increment(1);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves HTTP on one TCP connection until it is upgraded or closed.
+pub async fn serve_http<E: Endpoint>(ep: Rc<E>, tcp: TcpStream) {
+    let timeout = ep.handshake_timeout();
+    let service = hyper::service::service_fn(move |req| {
+        let ep = ep.clone();
+        async move { Ok::<_, Infallible>(respond(&ep, req)) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        // One request per connection: a refused client reconnects, an accepted one upgrades.
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    // A timeout or a malformed request ends here; hyper has answered or dropped it.
+    let _ = conn.await;
+}
+
+fn plain(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{reason}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn refuse(status: StatusCode, reason: &'static str, label: &'static str) -> Response<Full<Bytes>> {
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => label).increment(1);
+    plain(status, reason)
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `Sec-WebSocket-Accept` value for a client key.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(GUID);
+    STANDARD.encode(h.finalize())
+}
+
+fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !ep.is_path(req.uri().path()) {
+        return refuse(StatusCode::NOT_FOUND, "not found: the WebSocket endpoint is elsewhere", "not_found");
+    }
+    if req.method() != hyper::Method::GET {
+        return refuse(StatusCode::BAD_REQUEST, "a WebSocket upgrade must be a GET request", "not_websocket");
+    }
+    if !has_token(&req, header::CONNECTION, "upgrade") || !has_token(&req, header::UPGRADE, "websocket") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "not a WebSocket request: expected Connection: Upgrade and Upgrade: websocket",
+            "not_websocket",
+        );
+    }
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        let mut r = refuse(StatusCode::BAD_REQUEST, "unsupported WebSocket version: only 13 is spoken", "bad_version");
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let key = match req.headers().get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if STANDARD.decode(k.as_bytes()).is_ok_and(|b| b.len() == 16) => k.as_bytes().to_vec(),
+        Some(_) => {
+            return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64", "bad_key");
+        }
+        None => return refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing", "bad_key"),
+    };
+    let protocol =
+        ep.protocol().filter(|p| req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL).iter().any(|v| has_value(v, p)));
+    let session = match ep.open() {
+        Ok(s) => s,
+        Err(Refusal::Full) => {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "this server is at its connection limit", "full");
+        }
+        Err(Refusal::Draining) => {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "this server is shutting down", "draining");
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::task::spawn_local(async move {
+        let guard = socket::EndGuard(session);
+        let Ok(upgraded) = on_upgrade.await else { return };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let session = guard.0.clone();
+                // `run` takes over the end-of-connection duty.
+                std::mem::forget(guard);
+                socket::run(session, parts.io.into_inner(), parts.read_buf).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TcpStream"),
+        }
+    });
+    metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept_key(&key)) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    r
+}
+
+fn has_value(v: &HeaderValue, want: &str) -> bool {
+    v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim() == want))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}
