@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
@@ -52,8 +52,10 @@ const TOKEN_CACHE: usize = 4096;
 const RETRY_AFTER_SECS: &str = "1";
 
 /// `payload_base64` accepts the standard alphabet with or without padding.
-const BASE64_IN: GeneralPurpose =
-    GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
+const BASE64_IN: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// A refused request: status, machine code, human text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +230,7 @@ fn raw_present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>,
 }
 
 /// A publish request, parsed: the envelopes and whether they came as a batch (array).
+#[derive(Debug)]
 struct Parsed {
     items: Vec<(String, String, Vec<u8>)>,
     batch: bool,
@@ -406,6 +409,11 @@ impl Service {
     {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
+        // Any route: a body declared larger than the limit is refused before it is read.
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.inner.max_body as u64) {
+            return Err(self.too_large());
+        }
         if path == "/v1/envelopes" {
             if method != Method::POST {
                 return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"));
@@ -427,6 +435,11 @@ impl Service {
             return self.reconcile(&topic, params, req.headers()).await;
         }
         Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
+    }
+
+    fn too_large(&self) -> ApiError {
+        let max = self.inner.max_body;
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body exceeds {max} bytes"))
     }
 
     async fn health(&self) -> Result<Response<ResponseBody>, ApiError> {
@@ -469,8 +482,9 @@ impl Service {
         let text = bearer(headers).ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "Authorization: Bearer <token> is required")
         })?;
-        let claims =
-            self.verify(text, now_secs()).map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
+        let claims = self
+            .verify(text, now_secs())
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()))?;
         claims.require(topic).map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))?;
         let page = match self.inner.store.read(topic, params.after, params.limit).await {
             Ok(ReadResult::Page(p)) => p,
@@ -480,7 +494,10 @@ impl Service {
                     ..ApiError::new(
                         StatusCode::GONE,
                         "pruned",
-                        format!("envelopes after {} were removed by retention; the oldest kept is {oldest_seq}", params.after),
+                        format!(
+                            "envelopes after {} were removed by retention; the oldest kept is {oldest_seq}",
+                            params.after
+                        ),
                     )
                 });
             }
@@ -494,8 +511,9 @@ impl Service {
         if wants_json {
             let mut envelopes = Vec::with_capacity(page.frames.len());
             for f in &page.frames {
-                let e = crate::wire::envelope::decode(f)
-                    .map_err(|e| ApiError::store(&StoreError::Database(format!("stored frame does not decode: {e}"))))?;
+                let e = crate::wire::envelope::decode(f).map_err(|e| {
+                    ApiError::store(&StoreError::Database(format!("stored frame does not decode: {e}")))
+                })?;
                 envelopes.push(EnvelopeJson {
                     topic: e.topic,
                     seq: e.seq,
@@ -547,18 +565,16 @@ impl Service {
             ));
         }
         let given = bearer(req.headers()).ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "missing_credential", "Authorization: Bearer <credential> is required")
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_credential",
+                "Authorization: Bearer <credential> is required",
+            )
         })?;
         // Compare with every credential, not stopping at a match.
         let ok = inner.credentials.iter().fold(false, |acc, c| acc | ct_eq(c, given.as_bytes()));
         if !ok {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "bad_credential", "the credential is not accepted"));
-        }
-        let too_large =
-            || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body exceeds {} bytes", inner.max_body));
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > inner.max_body as u64) {
-            return Err(too_large());
         }
         let msgpack = match req.headers().get(header::CONTENT_TYPE) {
             None => false,
@@ -579,7 +595,7 @@ impl Service {
         };
         let body = match Limited::new(req.into_body(), inner.max_body).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(self.too_large()),
             Err(e) => return Err(ApiError::bad_request(format!("cannot read the body: {e}"))),
         };
         let parsed = if msgpack { parse_msgpack(&body)? } else { parse_json(&body)? };

@@ -112,8 +112,7 @@ impl Control {
     }
 
     fn past_deadline(&self) -> bool {
-        self.draining()
-            && self.deadline.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|d| Instant::now() >= d)
+        self.draining() && self.deadline.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|d| Instant::now() >= d)
     }
 }
 
@@ -258,10 +257,10 @@ where
     let mut backoff = Backoff::new(opts.retry_max);
     let mut gauge_at = Instant::now() - Duration::from_secs(3600);
     loop {
-        if let Some(r) = retention.as_mut().filter(|r| r.next_due() <= Instant::now() && !control.draining()) {
-            if let Err(e) = r.step(&mut lease).await {
-                return Exit::Lost(e);
-            }
+        if let Some(r) = retention.as_mut().filter(|r| r.next_due() <= Instant::now() && !control.draining())
+            && let Err(e) = r.step(&mut lease).await
+        {
+            return Exit::Lost(e);
         }
         let batch = match lease.pending(opts.batch).await {
             Ok(b) => b,

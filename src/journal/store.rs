@@ -150,7 +150,9 @@ pub enum ReadResult {
     Page(Page),
     /// Retention already removed some of the seqs after `after`; the oldest that can still be
     /// served is `oldest_seq` (it may not exist yet when everything was pruned).
-    Pruned { oldest_seq: u64 },
+    Pruned {
+        oldest_seq: u64,
+    },
 }
 
 /// A topic's counters.

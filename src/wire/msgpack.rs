@@ -112,7 +112,7 @@ impl<'a> Reader<'a> {
             0xcd => self.be(2)?,
             0xce => self.be(4)?,
             0xcf => self.be(8)?,
-            m @ (0xd0 | 0xd1 | 0xd2 | 0xd3) => {
+            m @ 0xd0..=0xd3 => {
                 let n = 1usize << (m - 0xd0);
                 let raw = self.be(n)?;
                 let shift = 64 - 8 * n as u32;

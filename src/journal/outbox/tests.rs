@@ -31,13 +31,17 @@ fn local_bus(dir: &std::path::Path) -> BusConfig {
 /// The process's metrics, rendered (one recorder for the whole test binary).
 fn metrics_text() -> String {
     static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap())
-        .render()
+    HANDLE.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().unwrap()).render()
 }
 
 fn metric(name: &str) -> Option<f64> {
-    metrics_text().lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?.rsplit(' ').next()?.parse().ok()
+    metrics_text()
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {

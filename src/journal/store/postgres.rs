@@ -44,11 +44,17 @@ const ATTEMPTS: usize = 5;
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
+        // The driver's Display says only "db error"; the server's message is in the source.
+        let text = match e.as_db_error() {
+            Some(db) => format!("postgres: {} {}: {}", db.severity(), db.code().code(), db.message()),
+            None => format!("postgres: {e}"),
+        };
         match e.code() {
-            // Class 08 (connection), 53 (resources), 57 (operator intervention: shutdown, ...).
-            Some(c) if matches!(&c.code()[..2], "08" | "53" | "57") => StoreError::Unavailable(format!("postgres: {e}")),
-            Some(_) => StoreError::Database(format!("postgres: {e}")),
-            None => StoreError::Unavailable(format!("postgres: {e}")),
+            // Class 08 (connection), 53 (resources), 57 (operator intervention: shutdown, ...),
+            // 3D (the database is gone).
+            Some(c) if matches!(&c.code()[..2], "08" | "53" | "57" | "3D") => StoreError::Unavailable(text),
+            Some(_) => StoreError::Database(text),
+            None => StoreError::Unavailable(text),
         }
     }
 }
@@ -114,11 +120,8 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("switchboard-journal");
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -147,8 +150,9 @@ impl PostgresStore {
 
     pub(crate) async fn read(&self, topic: &str, after: u64, limit: usize) -> Result<ReadResult, StoreError> {
         let client = self.inner.pool.get().await.map_err(pool_error)?;
-        let st =
-            client.prepare_cached("SELECT seq, frame FROM envelopes WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3").await?;
+        let st = client
+            .prepare_cached("SELECT seq, frame FROM envelopes WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .await?;
         let lim = (limit as i64).saturating_add(1);
         let after_db = to_db(after);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&topic, &after_db, &lim];
@@ -159,7 +163,8 @@ impl PostgresStore {
         while let Some(row) = rows.next().await {
             let row = row?;
             let frame: &[u8] = row.try_get(1)?;
-            if page.frames.len() >= limit || (!page.frames.is_empty() && bytes + frame.len() > self.inner.tuning.max_page_bytes)
+            if page.frames.len() >= limit
+                || (!page.frames.is_empty() && bytes + frame.len() > self.inner.tuning.max_page_bytes)
             {
                 page.more = true;
                 break;
@@ -210,7 +215,7 @@ impl PostgresStore {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "outbox lease connection failed");
+                        tracing::warn!(error = %StoreError::from(e), "outbox lease connection failed");
                         return;
                     }
                     None => return,
@@ -319,7 +324,8 @@ async fn try_append(
              SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::bytea[])",
         )
         .await?;
-    let outbox = tx.prepare_cached("INSERT INTO outbox (topic, seq) SELECT * FROM unnest($1::text[], $2::int8[])").await?;
+    let outbox =
+        tx.prepare_cached("INSERT INTO outbox (topic, seq) SELECT * FROM unnest($1::text[], $2::int8[])").await?;
     let notify = tx.prepare_cached("SELECT pg_notify($1, '')").await?;
     // Pipelined: the three statements go out together, one round trip instead of three.
     futures_util::future::try_join3(

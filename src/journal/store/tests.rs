@@ -179,7 +179,10 @@ fn journal_topic_rule() {
     }
     assert!(check_topic("..a").is_ok());
     assert!(matches!(NewEnvelope::new("t", "", vec![]), Err(InvalidEnvelope::Kind)));
-    assert!(matches!(NewEnvelope::new("t", "k", vec![0; MAX_PAYLOAD_BYTES + 1]), Err(InvalidEnvelope::TooLarge { .. })));
+    assert!(matches!(
+        NewEnvelope::new("t", "k", vec![0; MAX_PAYLOAD_BYTES + 1]),
+        Err(InvalidEnvelope::TooLarge { .. })
+    ));
 }
 
 // ---- The model-based property test ----
@@ -312,11 +315,16 @@ async fn run_case(
                         break;
                     }
                     for p in &batch {
-                        let t = (0..TOPICS).find(|&t| name(t) == p.routed.topic).ok_or_else(|| fail("foreign row".into()))?;
+                        let t = (0..TOPICS)
+                            .find(|&t| name(t) == p.routed.topic)
+                            .ok_or_else(|| fail("foreign row".into()))?;
                         prop_assert_eq!(&p.routed.frame[..], &model[t].frames[&p.routed.seq][..]);
                         seen[t].push(p.routed.seq);
                     }
-                    lease.ack(&batch.iter().map(|p| p.id).collect::<Vec<_>>()).await.map_err(|e| fail(e.to_string()))?;
+                    lease
+                        .ack(&batch.iter().map(|p| p.id).collect::<Vec<_>>())
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
                 }
                 for (t, s) in seen.into_iter().enumerate() {
                     let want: Vec<u64> = model[t].unpublished.iter().copied().collect();
@@ -425,7 +433,12 @@ fn processes_append_gapless(cfg: JournalConfig) {
     let children: Vec<_> = (0..4)
         .map(|_| {
             std::process::Command::new(&exe)
-                .args(["journal::store::tests::journal_child_appender_process", "--exact", "--nocapture", "--test-threads=1"])
+                .args([
+                    "journal::store::tests::journal_child_appender_process",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_CONFIG, &toml)
                 .stdout(std::process::Stdio::null())
                 .spawn()
