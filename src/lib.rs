@@ -7,6 +7,9 @@
 //! # Layout
 //!
 //! - [`wire`]: the contract, pure (no I/O): envelope, frames, tokens, topics, keys, bus record.
+//! - [`journal`]: the durable log: store (SQLite, PostgreSQL), outbox publisher, retention,
+//!   HTTP API (`docs/journal-api.md`).
+//! - [`app`]: what an application links: [`app::TokenIssuer`], [`app::Publisher`].
 pub mod app;
 pub mod bus;
 pub mod config;

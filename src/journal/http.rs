@@ -407,34 +407,47 @@ impl Service {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path().to_owned();
-        let method = req.method().clone();
+        enum Route {
+            Publish,
+            Health,
+            Reconcile(String),
+        }
+        let path = req.uri().path();
+        let method = req.method();
+        let not_allowed =
+            |allow: &str| ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("use {allow}"));
+        let route = if path == "/v1/envelopes" {
+            if method != Method::POST {
+                return Err(not_allowed("POST"));
+            }
+            Route::Publish
+        } else if path == "/healthz" {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(not_allowed("GET"));
+            }
+            Route::Health
+        } else if let Some(segment) = path.strip_prefix("/v1/topics/").and_then(|r| r.strip_suffix("/envelopes")) {
+            if method != Method::GET {
+                return Err(not_allowed("GET"));
+            }
+            Route::Reconcile(segment.to_owned())
+        } else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"));
+        };
         // Any route: a body declared larger than the limit is refused before it is read.
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.inner.max_body as u64) {
             return Err(self.too_large());
         }
-        if path == "/v1/envelopes" {
-            if method != Method::POST {
-                return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"));
+        match route {
+            Route::Publish => self.publish(req).await,
+            Route::Health => self.health().await,
+            Route::Reconcile(segment) => {
+                let topic = decode_topic(&segment)?;
+                let params = parse_query(req.uri().query(), self.inner.max_page)?;
+                self.reconcile(&topic, params, req.headers()).await
             }
-            return self.publish(req).await;
         }
-        if path == "/healthz" {
-            if method != Method::GET && method != Method::HEAD {
-                return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"));
-            }
-            return self.health().await;
-        }
-        if let Some(segment) = path.strip_prefix("/v1/topics/").and_then(|r| r.strip_suffix("/envelopes")) {
-            if method != Method::GET {
-                return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"));
-            }
-            let topic = decode_topic(segment)?;
-            let params = parse_query(req.uri().query(), self.inner.max_page)?;
-            return self.reconcile(&topic, params, req.headers()).await;
-        }
-        Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"))
     }
 
     fn too_large(&self) -> ApiError {
