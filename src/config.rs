@@ -277,8 +277,9 @@ pub struct JournalConfig {
     pub sqlite_path: PathBuf,
     /// PostgreSQL connection string. Default `host=127.0.0.1 user=postgres dbname=switchboard`.
     pub postgres_url: String,
-    /// Bearer credentials accepted on `POST /v1/envelopes` (application servers). Default none:
-    /// publishing over HTTP is refused until one is set.
+    /// Bearer credentials accepted on `POST /v1/envelopes` (application servers), each at
+    /// least 16 characters without whitespace. Default none: publishing over HTTP is refused
+    /// (403 `publishing_disabled`) until one is set.
     pub app_credentials: Vec<String>,
     /// Keep at most this many envelopes per topic; 0 keeps all. Default 0.
     pub retention_max_count: u64,

@@ -24,6 +24,8 @@ struct Journal {
     child: Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// Every line the process printed on stdout.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Journal {
@@ -53,16 +55,18 @@ impl Journal {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (lines_tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 if let Some(a) = line.strip_prefix("ready journal=") {
                     let _ = tx.send(a.parse::<SocketAddr>().unwrap());
                 }
+                let _ = lines_tx.send(line);
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the journal printed no ready line");
-        Self { child, addr, dir }
+        Self { child, addr, dir, lines }
     }
 
     fn key(&self) -> PathBuf {
@@ -429,4 +433,23 @@ fn journal_http_store_down_is_503() {
     let token = j.token(&["t"]);
     j.get("/v1/topics/t/envelopes", &token, "application/json").error(503, "store_unavailable");
     j.call("GET", "/healthz", &[], b"").error(503, "store_unavailable");
+}
+
+#[test]
+fn journal_http_stops_on_sigterm_after_one_ready_line() {
+    let mut j = Journal::start(&format!("app_credentials = [{CREDENTIAL:?}]"));
+    assert_eq!(j.post_json(r#"{"topic":"t","kind":"k","payload":1}"#).status, 201);
+    let pid = nix::unistd::Pid::from_raw(j.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = j.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the journal did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let out: Vec<String> = j.lines.try_iter().collect();
+    assert_eq!(out, [format!("ready journal={}", j.addr)], "exactly one line on stdout");
 }
