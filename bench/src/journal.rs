@@ -160,22 +160,24 @@ async fn store_scenarios(o: &Opts, cfg: &JournalConfig, tag: &str) -> Result<()>
 async fn publisher_scenario(o: &Opts, cfg: &JournalConfig, bus: &BusConfig, tag: &str) -> Result<()> {
     let p = Arc::new(Publisher::open(cfg, bus).await?);
     let secs = o.secs;
-    let pp = p.clone();
-    run_for(&format!("app Publisher::publish, 128 tasks [{tag}]"), 128, move |t| {
-        let p = pp.clone();
-        async move {
-            let start = Instant::now();
-            let mut n = 0;
-            while start.elapsed() < Duration::from_secs(secs) {
-                p.publish(&format!("post:{}", t % 100), "comment.created", payload(n))
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                n += 1;
+    for tasks in [128, 512] {
+        let pp = p.clone();
+        run_for(&format!("app Publisher::publish, {tasks} tasks [{tag}]"), tasks, move |t| {
+            let p = pp.clone();
+            async move {
+                let start = Instant::now();
+                let mut n = 0;
+                while start.elapsed() < Duration::from_secs(secs) {
+                    p.publish(&format!("post:{}", t % 100), "comment.created", payload(n))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
+                n
             }
-            n
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     let pending = p.store().outbox_len().await?;
     println!("{:<48} {pending:>10} envelopes still pending right after", "  outbox");
     Ok(())

@@ -296,7 +296,8 @@ fn read_page(
     Ok(ReadResult::Page(page))
 }
 
-/// The writer thread: takes jobs in order, grouping consecutive appends into one transaction.
+/// The writer thread: takes jobs in order and commits consecutive appends and outbox
+/// acknowledgements together, one transaction (one fsync) for the whole group.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, appended: Arc<Notify>, batch_max: usize) {
     let mut carry: Option<WriteJob> = None;
     loop {
@@ -307,47 +308,64 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<WriteJob>, appended:
                 None => return,
             },
         };
-        match job {
-            WriteJob::Append(first) => {
-                let mut n = first.batch.len();
-                let mut group = vec![first];
-                while n < batch_max {
-                    match rx.try_recv() {
-                        Ok(WriteJob::Append(j)) => {
-                            n += j.batch.len();
-                            group.push(j);
-                        }
-                        Ok(other) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+        let (mut appends, mut acks) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                WriteJob::Append(j) => {
+                    n += j.batch.len();
+                    appends.push(j);
                 }
-                let result = append_group(&mut conn, group.iter().flat_map(|j| j.batch.iter()), n);
-                let ok = result.is_ok();
-                reply_all(group, result);
-                if ok {
-                    appended.notify_one();
+                WriteJob::Ack(ids, reply) => {
+                    n += ids.len();
+                    acks.push((ids, reply));
+                }
+                WriteJob::Prune(topic, rule, reply) if appends.is_empty() && acks.is_empty() => {
+                    let _ = reply.send(prune(&mut conn, &topic, rule));
+                    break;
+                }
+                prune @ WriteJob::Prune(..) => {
+                    carry = Some(prune);
+                    break;
                 }
             }
-            WriteJob::Ack(ids, reply) => {
-                let _ = reply.send(ack(&mut conn, &ids));
+            if n < batch_max {
+                next = rx.try_recv().ok();
             }
-            WriteJob::Prune(topic, rule, reply) => {
-                let _ = reply.send(prune(&mut conn, &topic, rule));
-            }
+        }
+        if appends.is_empty() && acks.is_empty() {
+            continue;
+        }
+        let ack_ids: Vec<i64> = acks.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+        let total: usize = appends.iter().map(|j| j.batch.len()).sum();
+        let result = commit_group(&mut conn, appends.iter().flat_map(|j| j.batch.iter()), total, &ack_ids);
+        for (_, reply) in acks {
+            let _ = reply.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        let added = !appends.is_empty() && result.is_ok();
+        reply_all(appends, result);
+        if added {
+            appended.notify_one();
         }
     }
 }
 
-fn append_group<'a>(
+/// One transaction: delete the acknowledged outbox rows, then append the envelopes.
+fn commit_group<'a>(
     conn: &mut Connection,
     all: impl Iterator<Item = &'a NewEnvelope> + Clone,
     n: usize,
+    acks: &[i64],
 ) -> Result<Vec<Appended>, StoreError> {
     let counts = topic_counts(all.clone());
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !acks.is_empty() {
+        let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+        for id in acks {
+            del.execute([id])?;
+        }
+    }
     let ts = now_ms();
     let mut last = BTreeMap::new();
     {
@@ -361,7 +379,7 @@ fn append_group<'a>(
             last.insert((*t).to_owned(), l as u64);
         }
     }
-    let prepared = prepare(all.clone(), &counts, &last, n, ts)?;
+    let prepared = if n > 0 { prepare(all.clone(), &counts, &last, n, ts)? } else { Vec::new() };
     let mut out = Vec::with_capacity(n);
     {
         let mut ins =
@@ -375,18 +393,6 @@ fn append_group<'a>(
     }
     tx.commit()?;
     Ok(out)
-}
-
-fn ack(conn: &mut Connection, ids: &[i64]) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut del = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-        for id in ids {
-            del.execute([id])?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 fn prune(conn: &mut Connection, topic: &str, rule: RetentionRule) -> Result<u64, StoreError> {
