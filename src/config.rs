@@ -304,7 +304,7 @@ pub struct JournalConfig {
     /// Most envelopes committed in one transaction when concurrent appends are grouped.
     /// Default 2048.
     pub append_batch_max: usize,
-    /// Envelopes the outbox publishes per bus call. Default 512.
+    /// Envelopes the outbox publishes per bus call. Default 2048.
     pub outbox_batch: usize,
     /// Safety-net poll of the outbox, in milliseconds: appends wake the publisher at once, the
     /// poll only catches what another process appended (SQLite) or a lost wake-up. Default 1000.
@@ -354,7 +354,7 @@ impl Default for JournalConfig {
             postgres_pool_size: 8,
             store_timeout_secs: 5,
             append_batch_max: 2048,
-            outbox_batch: 512,
+            outbox_batch: 2048,
             outbox_poll_ms: 1000,
             outbox_retry_max_ms: 5000,
             retention_interval_secs: 10,

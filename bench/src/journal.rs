@@ -60,7 +60,7 @@ fn report(name: &str, n: u64, elapsed: Duration) {
 
 /// Runs `tasks` copies of `work` at once (each loops until its time is up and returns how
 /// many operations it completed) and reports the total rate.
-async fn run_for<F, Fut>(name: &str, tasks: usize, work: F)
+async fn run_for<F, Fut>(name: &str, tasks: usize, work: F) -> u64
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = u64> + Send + 'static,
@@ -72,6 +72,7 @@ where
         total += h.await.unwrap_or(0);
     }
     report(name, total, start.elapsed());
+    total
 }
 
 fn journal_config(o: &Opts, dir: &std::path::Path) -> JournalConfig {
@@ -162,7 +163,8 @@ async fn publisher_scenario(o: &Opts, cfg: &JournalConfig, bus: &BusConfig, tag:
     let secs = o.secs;
     for tasks in [128, 512] {
         let pp = p.clone();
-        run_for(&format!("app Publisher::publish, {tasks} tasks [{tag}]"), tasks, move |t| {
+        let start = Instant::now();
+        let n = run_for(&format!("app Publisher::publish, {tasks} tasks [{tag}]"), tasks, move |t| {
             let p = pp.clone();
             async move {
                 let start = Instant::now();
@@ -177,9 +179,13 @@ async fn publisher_scenario(o: &Opts, cfg: &JournalConfig, bus: &BusConfig, tag:
             }
         })
         .await;
+        // End to end: until the outbox has put every one of them on the bus.
+        let pending = p.store().outbox_len().await?;
+        while p.store().outbox_len().await? > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        report(&format!("  ... and on the bus ({pending} were pending at the end)"), n, start.elapsed());
     }
-    let pending = p.store().outbox_len().await?;
-    println!("{:<48} {pending:>10} envelopes still pending right after", "  outbox");
     Ok(())
 }
 
