@@ -2,5 +2,7 @@
 //! it stores and publishes envelopes.
 
 pub mod issuer;
+pub mod publisher;
 
 pub use issuer::TokenIssuer;
+pub use publisher::{Appended, NewEnvelope, PublishError, Publisher};

@@ -328,8 +328,9 @@ pub struct JournalConfig {
     pub sqlite_path: PathBuf,
     /// PostgreSQL connection string. Default `host=127.0.0.1 user=postgres dbname=switchboard`.
     pub postgres_url: String,
-    /// Bearer credentials accepted on `POST /v1/envelopes` (application servers). Default none:
-    /// publishing over HTTP is refused until one is set.
+    /// Bearer credentials accepted on `POST /v1/envelopes` (application servers), each at
+    /// least 16 characters without whitespace. Default none: publishing over HTTP is refused
+    /// (403 `publishing_disabled`) until one is set.
     pub app_credentials: Vec<String>,
     /// Keep at most this many envelopes per topic; 0 keeps all. Default 0.
     pub retention_max_count: u64,
@@ -339,6 +340,45 @@ pub struct JournalConfig {
     pub max_page: u32,
     /// Largest accepted request body, in bytes. Default 1048576.
     pub max_body_bytes: usize,
+    /// Most envelope bytes in one reconciliation page; a page stops early (with `more`) past
+    /// it, but always holds at least one envelope. Default 4194304 (4 MiB).
+    pub max_page_bytes: usize,
+    /// SQLite `synchronous` mode: "full" (every commit reaches the disk: nothing acknowledged
+    /// is lost on power failure) or "normal" (WAL: safe against a process crash, the last
+    /// commits may roll back on power loss). Default "full".
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// PostgreSQL connections in the pool (appends, reads). Default 8.
+    pub postgres_pool_size: usize,
+    /// Seconds an append or read may wait for a database connection or lock before it fails
+    /// with `store_unavailable`. Default 5.
+    pub store_timeout_secs: u64,
+    /// Most envelopes committed in one transaction when concurrent appends are grouped.
+    /// Default 2048.
+    pub append_batch_max: usize,
+    /// Envelopes the outbox publishes per bus call. Default 2048.
+    pub outbox_batch: usize,
+    /// Safety-net poll of the outbox, in milliseconds: appends wake the publisher at once, the
+    /// poll only catches what another process appended (SQLite) or a lost wake-up. Default 1000.
+    pub outbox_poll_ms: u64,
+    /// Longest pause between two publish attempts while the bus fails, in milliseconds (the
+    /// pause starts at 50 ms and doubles). Default 5000.
+    pub outbox_retry_max_ms: u64,
+    /// Seconds between two retention passes. Default 10.
+    pub retention_interval_secs: u64,
+    /// Most envelopes deleted in one retention transaction (short transactions never hold
+    /// appends back for long). Default 1000.
+    pub retention_batch: u64,
+    /// Address of a Prometheus `/metrics` endpoint for the journal process. Default none (no
+    /// endpoint: the API port is client-facing, metrics stay off it).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// SQLite durability (see [`JournalConfig::sqlite_synchronous`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -360,6 +400,17 @@ impl Default for JournalConfig {
             retention_max_age_secs: 0,
             max_page: 1000,
             max_body_bytes: 1024 * 1024,
+            max_page_bytes: 4 * 1024 * 1024,
+            sqlite_synchronous: SqliteSynchronous::Full,
+            postgres_pool_size: 8,
+            store_timeout_secs: 5,
+            append_batch_max: 2048,
+            outbox_batch: 2048,
+            outbox_poll_ms: 1000,
+            outbox_retry_max_ms: 5000,
+            retention_interval_secs: 10,
+            retention_batch: 1000,
+            metrics_listen: None,
         }
     }
 }
@@ -433,8 +484,33 @@ impl Config {
             return Err(invalid("tokens.max_ttl_secs", "must be at least 1"));
         }
         self.bus.validate()?;
-        if self.journal.max_page == 0 {
+        let j = &self.journal;
+        if j.max_page == 0 {
             return Err(invalid("journal.max_page", "must be at least 1"));
+        }
+        if j.max_body_bytes < 1024 || j.max_page_bytes < 1024 {
+            return Err(invalid("journal.max_body_bytes", "max_body_bytes and max_page_bytes must be at least 1024"));
+        }
+        if j.postgres_pool_size == 0 || j.append_batch_max == 0 || j.outbox_batch == 0 || j.retention_batch == 0 {
+            return Err(invalid(
+                "journal",
+                "postgres_pool_size, append_batch_max, outbox_batch and retention_batch must be at least 1",
+            ));
+        }
+        if j.store_timeout_secs == 0 || j.outbox_poll_ms == 0 || j.retention_interval_secs == 0 {
+            return Err(invalid(
+                "journal",
+                "store_timeout_secs, outbox_poll_ms and retention_interval_secs must be at least 1",
+            ));
+        }
+        if j.outbox_retry_max_ms < 50 {
+            return Err(invalid("journal.outbox_retry_max_ms", "must be at least 50"));
+        }
+        if j.app_credentials.iter().any(|c| c.len() < 16 || c.chars().any(char::is_whitespace)) {
+            return Err(invalid(
+                "journal.app_credentials",
+                "each credential must be at least 16 characters without whitespace",
+            ));
         }
         Ok(())
     }

@@ -12,7 +12,10 @@
 //! - [`bus`]: how envelopes reach workers: `bus/local.rs` (Unix sockets, one host), `bus/amqp.rs`
 //!   (RabbitMQ: consumer, publisher, topology, bucket routing; docs/rabbitmq.md).
 //! - [`client`]: a raw WebSocket client of the frame protocol (tests, bench).
-//! - [`config`], [`metrics`] (metric names), [`telemetry`] (logs), [`app`] (token issuing).
+//! - [`journal`]: the durable log: store (SQLite, PostgreSQL), outbox publisher, retention,
+//!   HTTP API (`docs/journal-api.md`).
+//! - [`app`]: what an application links: [`app::TokenIssuer`], [`app::Publisher`].
+//! - [`config`], [`metrics`] (metric names), [`telemetry`] (logs).
 pub mod app;
 pub mod bus;
 pub mod client;

@@ -79,6 +79,12 @@ pub const JOURNAL_APPENDS: &str = "switchboard_journal_appends_total";
 pub const OUTBOX_PENDING: &str = "switchboard_outbox_pending";
 /// Outbox publish attempts that failed and will be retried (counter).
 pub const OUTBOX_RETRIES: &str = "switchboard_outbox_retries_total";
+/// Envelopes removed by retention (counter).
+pub const JOURNAL_PRUNED: &str = "switchboard_journal_pruned_total";
+/// Envelopes the outbox published to the bus (counter).
+pub const OUTBOX_PUBLISHED: &str = "switchboard_outbox_published_total";
+/// Whether this process holds the outbox lease (1) or stands by (0) (gauge).
+pub const OUTBOX_LEADER: &str = "switchboard_outbox_leader";
 /// Reconciliation reads served (counter).
 pub const JOURNAL_READS: &str = "switchboard_journal_reads_total";
 /// Journal HTTP requests refused, by `reason` (counter).

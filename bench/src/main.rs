@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 mod amqp;
+mod journal;
 
 use anyhow::{Context, bail};
 use bytes::{Buf, BytesMut};
@@ -196,6 +197,9 @@ fn main() -> anyhow::Result<()> {
     // The RabbitMQ measurements take their own arguments (bench/src/amqp.rs).
     if args.get(1).map(String::as_str) == Some("amqp") {
         return amqp::main(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("journal") {
+        return journal::main(&args[2..]).map_err(|e| anyhow::anyhow!("{e}"));
     }
     let cli = Cli::parse();
     raise_fd_limit();
