@@ -453,3 +453,15 @@ fn journal_http_stops_on_sigterm_after_one_ready_line() {
     let out: Vec<String> = j.lines.try_iter().collect();
     assert_eq!(out, [format!("ready journal={}", j.addr)], "exactly one line on stdout");
 }
+
+#[test]
+fn journal_http_metrics_endpoint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let j = Journal::start(&format!("app_credentials = [{CREDENTIAL:?}]\nmetrics_listen = \"{port}\""));
+    assert_eq!(j.post_json(r#"{"topic":"t","kind":"k","payload":1}"#).status, 201);
+    j.call("GET", "/metrics", &[], b"").error(404, "not_found");
+    wait_for("the metrics", || {
+        let r = request(port, "GET", "/metrics", &[], b"");
+        r.status == 200 && String::from_utf8_lossy(&r.body).contains("switchboard_journal_appends_total 1")
+    });
+}

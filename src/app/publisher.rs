@@ -87,3 +87,48 @@ impl Publisher {
         self.outbox.close(grace).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::bus::local::{Consumer, Recorder};
+    use crate::journal::store::ReadResult;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn journal_app_publisher_appends_then_the_bus_gets_it() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let dir = tempfile::tempdir().unwrap();
+                let rec = Rc::new(Recorder::default());
+                let _worker = Consumer::start(&dir.path().join("bus"), 0, rec.clone()).unwrap();
+                let journal = JournalConfig { sqlite_path: dir.path().join("j.sqlite"), ..JournalConfig::default() };
+                let bus = BusConfig { local_dir: dir.path().join("bus"), ..BusConfig::default() };
+                let p = Publisher::open(&journal, &bus).await.unwrap();
+                let a = p.publish("post:1", "comment.created", b"{}".to_vec()).await.unwrap();
+                assert_eq!((a.topic.as_str(), a.seq), ("post:1", 1));
+                let batch = vec![
+                    NewEnvelope::new("post:1", "k", vec![1]).unwrap(),
+                    NewEnvelope::new("post:2", "k", vec![2]).unwrap(),
+                ];
+                let b = p.publish_batch(batch).await.unwrap();
+                assert_eq!(b.iter().map(|a| a.seq).collect::<Vec<_>>(), [2, 1]);
+                assert!(matches!(p.publish("a b", "k", vec![]).await, Err(PublishError::Invalid(_))));
+                for _ in 0..500 {
+                    if rec.got.borrow().len() >= 3 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                let got: Vec<(String, u64)> = rec.got.borrow().iter().map(|(t, s, _)| (t.clone(), *s)).collect();
+                assert_eq!(got, [("post:1".into(), 1), ("post:1".into(), 2), ("post:2".into(), 1)]);
+                let ReadResult::Page(page) = p.store().read("post:1", 0, 10).await.unwrap() else { panic!() };
+                assert_eq!(page.frames[0], rec.got.borrow()[0].2, "the bus carries the stored frame");
+                assert!(p.is_outbox_leader());
+                p.close(Duration::from_secs(2)).await;
+            })
+            .await;
+    }
+}

@@ -48,6 +48,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 const MAX_TOPIC_SEGMENT: usize = 3 * crate::wire::limits::MAX_TOPIC_BYTES;
 /// Verified tokens remembered (their signature is checked once; expiry on every use).
 const TOKEN_CACHE: usize = 4096;
+/// How long a client has to send a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Seconds a client is told to wait when the store is down.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -727,8 +729,12 @@ pub async fn serve(cfg: Config, keys: KeySet, grace: Duration) -> Result<(), Jou
                 let svc = service.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
+                    // A client gets 10 s to send a request's head: an idle or trickling
+                    // connection does not hold a task forever.
                     let conn = hyper::server::conn::http1::Builder::new()
                         .keep_alive(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {

@@ -259,7 +259,11 @@ pub(crate) fn prepare<'a>(
     let mut next: BTreeMap<&str, u64> = BTreeMap::new();
     for (t, c) in counts {
         let l = last.get(*t).ok_or_else(|| StoreError::Database(format!("no counter returned for {t}")))?;
-        next.insert(t, l + 1 - c);
+        let first = (l + 1)
+            .checked_sub(*c)
+            .filter(|f| *f >= 1)
+            .ok_or_else(|| StoreError::Database(format!("counter of {t} is {l}, below the {c} just reserved")))?;
+        next.insert(t, first);
     }
     let ids = super::id::generate(ts, n)?;
     let mut out = Vec::with_capacity(n);
