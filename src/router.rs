@@ -49,13 +49,20 @@ pub enum RouterError {
 /// Runs one worker in this process and prints `ready router=<ip:port>` on stdout once it
 /// listens (port 0 in the config picks a free port, and the line names the real one).
 ///
-/// The port is resolved by binding it here first (SO_REUSEPORT lets the worker bind it
-/// again); this first socket is closed before the ready line, so no client can reach it.
+/// Port 0 is resolved by binding it here first (SO_REUSEPORT lets the worker bind it again);
+/// this first socket is closed before the ready line, so no client can have reached it.
 pub fn run(mut cfg: Config, config_path: Option<PathBuf>) -> Result<(), RouterError> {
     let addr = cfg.router.listen;
-    let probe = listener::bind(addr).map_err(|source| RouterError::Listen { addr, source })?;
-    let addr = probe.local_addr().map_err(|source| RouterError::Listen { addr, source })?;
-    cfg.router.listen = addr;
+    // Only port 0 needs resolving; a fixed port is bound by the worker alone, so that no
+    // client reconnecting during a restart lands in the accept queue of a socket about to close.
+    let probe = if addr.port() == 0 {
+        let probe = listener::bind(addr).map_err(|source| RouterError::Listen { addr, source })?;
+        cfg.router.listen = probe.local_addr().map_err(|source| RouterError::Listen { addr, source })?;
+        Some(probe)
+    } else {
+        None
+    };
+    let addr = cfg.router.listen;
     let (rd, wr) = nix::unistd::pipe().map_err(RouterError::Pipe)?;
     let announcer = std::thread::spawn(move || {
         let mut line = String::new();

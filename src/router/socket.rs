@@ -145,10 +145,13 @@ impl<S: Session> Drop for EndGuard<S> {
 pub async fn run<S: Session>(session: Rc<S>, tcp: TcpStream, prefix: Bytes) {
     let guard = EndGuard(session);
     let (r, mut w) = tcp.into_split();
-    let mut reader = tokio::task::spawn_local(read_loop(guard.0.clone(), Inbound::new(r, prefix)));
+    let reader = read_loop(guard.0.clone(), Inbound::new(r, prefix));
+    let mut reader = tokio::task::spawn_local(tracing::Instrument::in_current_span(reader));
     let conn = guard.0.conn();
     let finished = outbound::write_loop(&conn.out, &mut w).await;
-    metrics::counter!(crate::metrics::BYTES_OUT).increment(conn.out.borrow().written);
+    let written = conn.out.borrow().written;
+    metrics::counter!(crate::metrics::BYTES_OUT).increment(written);
+    tracing::debug!(?finished, written, "connection ended");
     match finished {
         Ok(Finished::Closed) => {
             // Half-close, then let the reader drain the peer's close (or EOF) for a moment.
