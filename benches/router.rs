@@ -88,5 +88,57 @@ fn fan_out(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ledger_route, frame_building, fan_out);
+/// A loopback TCP connection whose far end reads and discards on its own thread.
+fn sink_peer(rt: &tokio::runtime::Runtime) -> tokio::net::tcp::OwnedWriteHalf {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+    });
+    let stream = rt.block_on(tokio::net::TcpStream::connect(addr)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.into_split().1
+}
+
+/// 64 queued 100-byte envelopes to a loopback TCP peer: fastwebsockets' writer (one write per
+/// frame) against the router's outbound queue (one writev for all).
+fn writers(c: &mut Criterion) {
+    use switchboard::router::outbound::{Outbound, close_frame, write_loop};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let e = envelope(100);
+    let mut g = c.benchmark_group("writer");
+    g.throughput(Throughput::Elements(64));
+    let (_, mut fws) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), sink_peer(&rt), fastwebsockets::Role::Server);
+    g.bench_function("fastwebsockets write_frame x 64", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                for _ in 0..64 {
+                    let f = fastwebsockets::Frame::binary(fastwebsockets::Payload::Borrowed(&e));
+                    fws.write_frame(f).await.unwrap();
+                }
+            })
+        })
+    });
+    let mut w = sink_peer(&rt);
+    let framed = outbound::frame(Op::Binary, &e);
+    let topic: Rc<str> = Rc::from("post:42");
+    g.bench_function("outbound queue + writev x 64", |b| {
+        b.iter(|| {
+            // A close frame ends the writer's loop once the batch is out (4 bytes more).
+            let out = std::cell::RefCell::new(Outbound::new());
+            for seq in 0..64 {
+                out.borrow_mut().push_envelope(framed.clone(), &topic, seq, 1 << 30).unwrap();
+            }
+            out.borrow_mut().close(close_frame(1000, ""), false);
+            rt.block_on(write_loop(&out, &mut w)).unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ledger_route, frame_building, fan_out, writers);
 criterion_main!(benches);

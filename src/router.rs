@@ -17,6 +17,7 @@
 //! - [`listener`]: the SO_REUSEPORT listening socket every worker binds.
 //! - [`upgrade`]: HTTP, the handshake checks and the 101; the zero-lock downcast to `TcpStream`.
 //! - [`socket`]: one WebSocket connection: reader task, writer, limits, violations, closing.
+//! - [`inbound`]: the read side, cut at frame boundaries so an idle connection holds no buffer.
 //! - [`outbound`]: the byte-bounded outbound queue and the coalescing `writev` writer.
 //! - [`session`]: the frame protocol of one client, and the slow-consumer policy.
 //! - [`ledger`]: topic -> connections and back, last seq per topic.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod auth;
 pub mod drain;
 pub mod exporter;
+pub mod inbound;
 pub mod ledger;
 pub mod listener;
 pub mod outbound;

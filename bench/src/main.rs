@@ -47,6 +47,9 @@ struct Cli {
     /// How many source addresses (127.0.0.2 upwards) to spread clients over.
     #[arg(long, global = true, default_value_t = 16)]
     sources: u8,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, global = true, default_value_t = 256)]
+    concurrency: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -128,7 +131,7 @@ async fn subscribe(c: &mut Client, topic: &str, token: &str) -> anyhow::Result<(
     }
 }
 
-/// Connects `n` clients, `topic_of(i)` subscribed, at most 256 handshakes in flight.
+/// Connects `n` clients, `topic_of(i)` subscribed, `cli.concurrency` handshakes in flight.
 async fn connect_all(
     cli: &Cli,
     n: usize,
@@ -138,7 +141,7 @@ async fn connect_all(
     let mut out = Vec::with_capacity(n);
     let mut i = 0;
     while i < n {
-        let end = (i + 256).min(n);
+        let end = (i + cli.concurrency.max(1)).min(n);
         let mut tasks = Vec::new();
         for k in i..end {
             let (addr, sources, topic) = (cli.addr, cli.sources, topic_of(k));

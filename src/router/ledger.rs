@@ -202,6 +202,11 @@ impl Ledger {
         gone
     }
 
+    /// The topic's shared name, while it has subscribers.
+    pub fn name(&self, topic: &str) -> Option<Rc<str>> {
+        self.by_name.get(topic).map(|&slot| self.entry(slot).name.clone())
+    }
+
     /// Whether `conn` is subscribed to `topic`.
     pub fn is_subscribed(&self, conn: ConnId, topic: &str) -> bool {
         self.by_name.get(topic).is_some_and(|&slot| self.subs(conn).iter().any(|s| s.topic == slot))

@@ -2,8 +2,9 @@
 //!
 //! Protocol-agnostic: the router's [`super::session`] and the Autobahn echo example both run
 //! through [`run`], so the conformance suite tests exactly the code clients meet. The reader
-//! is fastwebsockets' split read half (never inside `select!`: `read_frame` is not
-//! cancel-safe); the writer is [`super::outbound::write_loop`], which replaces
+//! task runs fastwebsockets' split read half (never inside `select!`: `read_frame` is not
+//! cancel-safe), made afresh for each frame over [`Inbound`] so that an idle connection holds
+//! no read buffer; the writer is [`super::outbound::write_loop`], which replaces
 //! fastwebsockets' writer so that queued frames leave in one `writev`.
 //!
 //! Limits enforced here, the same for every user of the layer ([`Limits`]): frame and message
@@ -19,17 +20,16 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
+
+use super::inbound::Inbound;
 
 use super::ledger::ConnId;
 use super::outbound::{self, Finished, Op, Outbound, State};
@@ -141,36 +141,17 @@ impl<S: Session> Drop for EndGuard<S> {
     }
 }
 
-/// The read half, with bytes hyper had read past the HTTP request served first.
-pub struct Prefixed {
-    prefix: Bytes,
-    inner: OwnedReadHalf,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
 /// Serves one upgraded connection until it is closed; `prefix` are bytes already read.
 pub async fn run<S: Session>(session: Rc<S>, tcp: TcpStream, prefix: Bytes) {
     let guard = EndGuard(session);
     let (r, mut w) = tcp.into_split();
-    let (mut rd, _) =
-        fastwebsockets::after_handshake_split(Prefixed { prefix, inner: r }, tokio::io::sink(), Role::Server);
-    rd.set_auto_pong(true);
-    rd.set_auto_close(true);
-    let mut reader = tokio::task::spawn_local(read_loop(guard.0.clone(), rd));
+    let reader = read_loop(guard.0.clone(), Inbound::new(r, prefix));
+    let mut reader = tokio::task::spawn_local(tracing::Instrument::in_current_span(reader));
     let conn = guard.0.conn();
     let finished = outbound::write_loop(&conn.out, &mut w).await;
-    metrics::counter!(crate::metrics::BYTES_OUT).increment(conn.out.borrow().written);
+    let written = conn.out.borrow().written;
+    metrics::counter!(crate::metrics::BYTES_OUT).increment(written);
+    tracing::debug!(?finished, written, "connection ended");
     match finished {
         Ok(Finished::Closed) => {
             // Half-close, then let the reader drain the peer's close (or EOF) for a moment.
@@ -252,6 +233,16 @@ impl<S: Session> Reader<S> {
     }
 }
 
+/// A fastwebsockets reader for the next frame, with the limits applied.
+fn reader<'a>(inbound: &'a mut Inbound, l: &Limits) -> WebSocketRead<&'a mut Inbound> {
+    let (mut rd, _) = fastwebsockets::after_handshake_split(inbound, tokio::io::sink(), Role::Server);
+    rd.set_auto_pong(true);
+    rd.set_auto_close(true);
+    // fastwebsockets refuses `len >= max`: allow exactly max_message_bytes.
+    rd.set_max_message_size(l.max_message_bytes.saturating_add(1));
+    rd
+}
+
 /// A fragmented message being assembled, or skipped after it was refused.
 enum Partial {
     None,
@@ -259,14 +250,18 @@ enum Partial {
     Skipping,
 }
 
-async fn read_loop<S: Session>(s: Rc<S>, mut rd: WebSocketRead<Prefixed>) {
+async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
     let r = Reader { s, bucket: Cell::new(None), violations: Cell::new(0) };
     let mut partial = Partial::None;
     loop {
-        let l = r.s.limits();
-        // fastwebsockets refuses `len >= max`: allow exactly max_message_bytes.
-        rd.set_max_message_size(l.max_message_bytes.saturating_add(1));
         let conn = r.s.conn();
+        // Idle: no reader and no read buffer until the peer sends something (see inbound.rs).
+        if inbound.at_boundary() && inbound.readable().await.is_err() {
+            conn.out.borrow_mut().kill();
+            return;
+        }
+        let l = r.s.limits();
+        let mut rd = reader(&mut inbound, &l);
         let res = rd
             .read_frame(&mut |f: Frame<'_>| {
                 // Obligated answers (pong, close echo): hand them to the writer.

@@ -158,7 +158,8 @@ fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::task::spawn_local(async move {
+    let span = tracing::debug_span!("conn", id = session.conn().id);
+    let task = async move {
         let guard = socket::EndGuard(session);
         let Ok(upgraded) = on_upgrade.await else { return };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -170,7 +171,8 @@ fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full
             }
             Err(_) => tracing::error!("upgraded connection is not a TcpStream"),
         }
-    });
+    };
+    tokio::task::spawn_local(tracing::Instrument::instrument(task, span));
     metrics::counter!(crate::metrics::CONNECTIONS_ACCEPTED).increment(1);
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -142,6 +142,8 @@ pub struct Worker {
     live: Cell<usize>,
     /// Subscriptions by the second after which their token is expired: the shared wheel.
     expiry: RefCell<Wheel>,
+    /// Entries in `expiry`, stale ones (closed connections, renewed subscriptions) included.
+    wheel_len: Cell<usize>,
     consumer: RefCell<Option<bus::Consumer>>,
     /// The bus went down since the last up: the next up sends resync.
     bus_was_down: Cell<bool>,
@@ -161,6 +163,7 @@ impl Worker {
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
             expiry: RefCell::new(BTreeMap::new()),
+            wheel_len: Cell::new(0),
             consumer: RefCell::new(None),
             bus_was_down: Cell::new(false),
             accepting: Cell::new(true),
@@ -267,7 +270,9 @@ impl Worker {
                 if sub.first {
                     self.watch(topic);
                 }
-                self.expiry.borrow_mut().entry(valid_until).or_default().push((s.conn.id, Rc::from(topic)));
+                let name = self.ledger.borrow().name(topic).unwrap_or_else(|| Rc::from(topic));
+                self.expiry.borrow_mut().entry(valid_until).or_default().push((s.conn.id, name));
+                self.wheel_len.set(self.wheel_len.get() + 1);
                 s.send(&ServerFrame::Ok { id, last_seq: sub.last_seq }, bound);
                 tracing::debug!(conn = s.conn.id, topic, sub = %claims.sub, "subscribed");
             }
@@ -297,6 +302,8 @@ impl Worker {
             std::mem::replace(&mut *wheel, later)
         };
         let bound = self.limits().control_queue_bytes;
+        let n: usize = due.values().map(Vec::len).sum();
+        self.wheel_len.set(self.wheel_len.get() - n);
         for (until, subs) in due {
             for (conn, topic) in subs {
                 // A renewed subscription has a later time and its own wheel entry.
@@ -312,6 +319,25 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Drops wheel entries of subscriptions that ended early (closed connections, renewals)
+    /// once they outnumber the live ones, so a reconnect storm does not pile them up until
+    /// their tokens expire. Amortized: it runs when the wheel has doubled.
+    fn compact_wheel(&self) {
+        let live = self.ledger.borrow().subscription_count();
+        if self.wheel_len.get() <= 2 * live + 1024 {
+            return;
+        }
+        let ledger = self.ledger.borrow();
+        let mut wheel = self.expiry.borrow_mut();
+        let mut kept = 0;
+        wheel.retain(|until, subs| {
+            subs.retain(|(conn, topic)| ledger.valid_until(*conn, topic) == Some(*until));
+            kept += subs.len();
+            !subs.is_empty()
+        });
+        self.wheel_len.set(kept);
     }
 
     /// Pings connections silent for `ping_interval`, closes those silent past `idle_timeout`.
@@ -347,6 +373,7 @@ impl Worker {
     fn sweep(&self) {
         let now = self.clock.now_secs();
         self.expire(now);
+        self.compact_wheel();
         self.keepalive();
         self.auth.sweep(now);
         let l = self.ledger.borrow();
@@ -734,5 +761,34 @@ fn reload_config(path: Option<&PathBuf>) -> Option<Control> {
             tracing::error!(error = %e, path = %path.display(), "SIGHUP: config refused, keeping the old one");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_expiry_wheel_forgets_ended_subscriptions_in_bulk() {
+        let w = Worker::new(&Config::default(), KeySet::default(), 0);
+        let add = |conn: ConnId, until: u64| {
+            w.ledger.borrow_mut().subscribe(conn, "t", until, 8).unwrap();
+            w.expiry.borrow_mut().entry(until).or_default().push((conn, Rc::from("t")));
+            w.wheel_len.set(w.wheel_len.get() + 1);
+        };
+        for conn in 0..3000 {
+            add(conn, 100);
+        }
+        // A storm of reconnects: 2990 connections end, their entries stay behind.
+        for conn in 10..3000 {
+            w.ledger.borrow_mut().remove_conn(conn);
+        }
+        w.compact_wheel();
+        assert_eq!(w.wheel_len.get(), 10);
+        assert_eq!(w.expiry.borrow().values().map(Vec::len).sum::<usize>(), 10);
+        // Expiry still finds the live ones.
+        w.expire(101);
+        assert_eq!(w.ledger.borrow().subscription_count(), 0);
+        assert_eq!(w.wheel_len.get(), 0);
     }
 }
