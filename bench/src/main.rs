@@ -146,10 +146,7 @@ async fn connect_all(
             let token = tokens(&topic);
             tasks.push(tokio::task::spawn_local(async move {
                 let mut c = connect(k, sources, addr).await?;
-                if topic == "-ping" {
-                    c.send(&switchboard::wire::ClientFrame::Ping { id: 1 }).await?;
-                    c.next().await?;
-                } else if !topic.is_empty() {
+                if !topic.is_empty() {
                     subscribe(&mut c, &topic, &token).await?;
                 }
                 anyhow::Ok(c)
@@ -261,11 +258,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Idle { conns, topics, pid } => {
                 let before = rss_kib(pid);
                 let t0 = Instant::now();
-                let topic_of = |i: usize| match topics {
-                    0 => String::new(),
-                    _ if std::env::var_os("BENCH_PING_ONLY").is_some() => "-ping".to_owned(),
-                    _ => format!("idle:{}", i % topics),
-                };
+                let topic_of = |i: usize| if topics == 0 { String::new() } else { format!("idle:{}", i % topics) };
                 let clients = connect_all(&cli, conns, topic_of, &tokens).await?;
                 eprintln!("{} clients subscribed in {:.1?}", clients.len(), t0.elapsed());
                 tokio::time::sleep(Duration::from_secs(2)).await;
