@@ -75,6 +75,7 @@ enum Cmd {
     Idle {
         #[arg(long, default_value_t = 10_000)]
         conns: usize,
+        /// Topics to spread the subscriptions over; 0: connect without subscribing.
         #[arg(long, default_value_t = 100)]
         topics: usize,
         /// The router's pid.
@@ -148,7 +149,9 @@ async fn connect_all(
             let token = tokens(&topic);
             tasks.push(tokio::task::spawn_local(async move {
                 let mut c = connect(k, sources, addr).await?;
-                subscribe(&mut c, &topic, &token).await?;
+                if !topic.is_empty() {
+                    subscribe(&mut c, &topic, &token).await?;
+                }
                 anyhow::Ok(c)
             }));
         }
@@ -266,7 +269,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Idle { conns, topics, pid } => {
                 let before = rss_kib(pid);
                 let t0 = Instant::now();
-                let clients = connect_all(&cli, conns, |i| format!("idle:{}", i % topics), &tokens).await?;
+                let topic_of = |i: usize| if topics == 0 { String::new() } else { format!("idle:{}", i % topics) };
+                let clients = connect_all(&cli, conns, topic_of, &tokens).await?;
                 eprintln!("{} clients subscribed in {:.1?}", clients.len(), t0.elapsed());
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let after = rss_kib(pid);

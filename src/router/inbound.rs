@@ -85,12 +85,25 @@ impl Inbound {
         self.fill == 0 && self.head_len == 0 && self.payload_left == 0
     }
 
-    /// Waits until there is something to read (bytes, EOF or an error).
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Waits until the next frame starts arriving (or EOF, or an error), reading its first
+    /// bytes. tokio reports a socket readable until a read would block, and reads here stop at
+    /// frame boundaries, so readiness alone is stale right after a frame: a read must say so.
+    pub async fn wait_frame(&mut self) -> io::Result<()> {
         if !self.prefix.is_empty() || !self.at_boundary() {
             return Ok(());
         }
-        self.io.readable().await
+        loop {
+            self.io.readable().await?;
+            match self.io.try_read(&mut self.head[..2]) {
+                // 0 is EOF: the reader will meet it on its first read.
+                Ok(n) => {
+                    self.fill = n as u8;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads into `dst` from the prefix, then the socket.
@@ -202,6 +215,9 @@ mod tests {
         inbound.read_exact(&mut got).await.unwrap();
         assert_eq!(got, f1);
         assert!(inbound.at_boundary(), "not a byte of the next frame was read");
+        // The next frame is there: waiting returns at once, with its first bytes read.
+        inbound.wait_frame().await.unwrap();
+        assert!(!inbound.at_boundary());
         let mut big = vec![0u8; 4096];
         let mut n = 0;
         while n < f2.len() {
@@ -211,7 +227,10 @@ mod tests {
         }
         assert_eq!(&big[..n], &f2[..]);
         assert!(inbound.at_boundary());
+        // Nothing more sent: waiting blocks (readiness was stale), until EOF.
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), inbound.wait_frame()).await.is_err());
         drop(client);
+        inbound.wait_frame().await.unwrap();
         assert_eq!(inbound.read(&mut big).await.unwrap(), 0);
     }
 }

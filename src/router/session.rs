@@ -24,7 +24,7 @@ use crate::config::SlowConsumerPolicy;
 use crate::wire::frame::FrameError;
 use crate::wire::msgpack::DecodeError;
 use crate::wire::token::TokenError;
-use crate::wire::{ClientFrame, CloseCode, ErrorCode, ServerFrame};
+use crate::wire::{ClientFrame, CloseCode, ServerFrame};
 
 /// Extra room for answers on top of `outbound_queue_bytes`, so a client whose queue is full
 /// of envelopes still gets its ok/error/pong frames.
@@ -174,6 +174,3 @@ pub fn deliver(
         },
     }
 }
-
-/// The error code sent when the subscription limit is reached.
-pub const TOO_MANY: ErrorCode = ErrorCode::TooManySubscriptions;

@@ -256,7 +256,7 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
     loop {
         let conn = r.s.conn();
         // Idle: no reader and no read buffer until the peer sends something (see inbound.rs).
-        if inbound.at_boundary() && inbound.readable().await.is_err() {
+        if inbound.wait_frame().await.is_err() {
             conn.out.borrow_mut().kill();
             return;
         }
@@ -286,8 +286,10 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
                 std::future::ready(if stop { Err("closing") } else { Ok::<(), &'static str>(()) })
             })
             .await;
-        let frame = match res {
-            Ok(f) => f,
+        // Own the (small) payload and drop the reader now: its 8 KiB buffer should not be held
+        // while the message is handled (a subscribe waits for its token check).
+        let (opcode, fin, payload) = match res {
+            Ok(f) => (f.opcode, f.fin, f.payload.to_vec()),
             Err(e) => {
                 match e {
                     WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::SendError(_) => {}
@@ -314,10 +316,11 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
                 return;
             }
         };
+        drop(rd);
         conn.last_rx.set(Instant::now());
-        match frame.opcode {
+        match opcode {
             OpCode::Close => return,
-            OpCode::Pong if frame.payload.len() > 125 => {
+            OpCode::Pong if payload.len() > 125 => {
                 r.fail(PROTOCOL_ERROR, "control frame above 125 bytes");
                 continue;
             }
@@ -329,8 +332,7 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
         if !r.rate_ok(&l) {
             continue;
         }
-        let fin = frame.fin;
-        let message: Option<(bool, Cow<'_, [u8]>)> = match (frame.opcode, &mut partial) {
+        let message: Option<(bool, Vec<u8>)> = match (opcode, &mut partial) {
             (OpCode::Text | OpCode::Binary, Partial::Assembling { .. } | Partial::Skipping) => {
                 r.fail(PROTOCOL_ERROR, "new message inside a fragmented one");
                 continue;
@@ -342,9 +344,9 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
             (op @ (OpCode::Text | OpCode::Binary), Partial::None) => {
                 let text = op == OpCode::Text;
                 if fin {
-                    Some((text, Cow::Borrowed(&frame.payload[..])))
+                    Some((text, payload))
                 } else if l.fragments {
-                    partial = Partial::Assembling { text, buf: frame.payload.to_vec() };
+                    partial = Partial::Assembling { text, buf: payload };
                     None
                 } else {
                     partial = Partial::Skipping;
@@ -362,7 +364,7 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
                 None
             }
             (OpCode::Continuation, Partial::Assembling { buf, .. }) => {
-                if buf.len() + frame.payload.len() > l.max_message_bytes {
+                if buf.len() + payload.len() > l.max_message_bytes {
                     partial = if fin { Partial::None } else { Partial::Skipping };
                     let v = Violation::new(
                         ErrorCode::FrameTooLarge,
@@ -372,10 +374,10 @@ async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
                     r.violate(v, &l);
                     None
                 } else {
-                    buf.extend_from_slice(&frame.payload);
+                    buf.extend_from_slice(&payload);
                     if fin {
                         match std::mem::replace(&mut partial, Partial::None) {
-                            Partial::Assembling { text, buf } => Some((text, Cow::Owned(buf))),
+                            Partial::Assembling { text, buf } => Some((text, buf)),
                             _ => None,
                         }
                     } else {
