@@ -94,6 +94,11 @@ impl Clock {
     pub fn now_secs(&self) -> u64 {
         (self.wall_at_start + self.start.elapsed()).as_secs()
     }
+
+    /// Milliseconds since the epoch (envelope `ts` is in these).
+    pub fn now_ms(&self) -> u64 {
+        (self.wall_at_start + self.start.elapsed()).as_millis() as u64
+    }
 }
 
 impl Default for Clock {
@@ -112,6 +117,7 @@ struct Counters {
     gaps: metrics::Counter,
     anomalies: metrics::Counter,
     route: metrics::Histogram,
+    latency: metrics::Histogram,
 }
 
 impl Counters {
@@ -125,6 +131,7 @@ impl Counters {
             gaps: metrics::counter!(m::GAPS),
             anomalies: metrics::counter!(m::BUS_SEQ_ANOMALIES),
             route: metrics::histogram!(m::ROUTE_SECONDS),
+            latency: metrics::histogram!(m::DELIVERY_LATENCY),
         }
     }
 }
@@ -495,6 +502,12 @@ impl Ingress for Worker {
             }
         }
         self.counters.deliveries.increment(queued);
+        if queued > 0 {
+            // Envelope ts (the journal's accept time, ms) to the frame queued for the sockets.
+            if let Some(ts) = crate::wire::envelope::peek_ts(&frame) {
+                self.counters.latency.record(self.clock.now_ms().saturating_sub(ts) as f64 / 1000.0);
+            }
+        }
         if gaps > 0 {
             self.counters.dropped_gap.increment(dropped);
             self.counters.gaps.increment(gaps);

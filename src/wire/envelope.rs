@@ -116,6 +116,19 @@ pub fn decode(bytes: &[u8]) -> Result<EnvelopeRef<'_>, FrameError> {
     decode_body(&mut r, n)
 }
 
+/// Reads `ts` from an envelope frame without decoding the rest: the router's delivery
+/// latency metric, which must not cost a decode per envelope. `None` if it is not one.
+pub fn peek_ts(frame: &[u8]) -> Option<u64> {
+    let mut r = Reader::new(frame);
+    if r.array_len().ok()? != 7 || r.u64().ok()? != TYPE_ENVELOPE {
+        return None;
+    }
+    r.str("topic", MAX_TOPIC_BYTES).ok()?;
+    r.u64().ok()?;
+    r.str("id", MAX_ID_BYTES).ok()?;
+    r.u64().ok()
+}
+
 /// Decodes the fields after the type tag (shared with [`super::frame::ServerFrame::decode`]).
 pub(crate) fn decode_body<'a>(r: &mut Reader<'a>, n: usize) -> Result<EnvelopeRef<'a>, FrameError> {
     if n != 7 {
@@ -146,6 +159,9 @@ mod tests {
         extra.push(0);
         assert!(matches!(decode(&extra), Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 }))));
         assert!(matches!(decode(&[0x91, 0x01]), Err(FrameError::UnknownType(1))));
+        assert_eq!(peek_ts(&bytes), Some(5));
+        assert_eq!(peek_ts(&bytes[..8]), None);
+        assert_eq!(peek_ts(&[0x92, 0x10, 0x01]), None);
         let bad_topic = Envelope { topic: "a b".into(), ..e.clone() };
         assert!(matches!(decode(&bad_topic.encode()), Err(FrameError::Topic(_))));
     }
