@@ -423,6 +423,7 @@ impl Worker {
         }
         *self.cfg.borrow_mut() = router;
         self.auth.set_keys(keys);
+        metrics::counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
         tracing::info!(worker = self.index, "reloaded keys and limits");
     }
 }
@@ -758,6 +759,7 @@ fn reload_config(path: Option<&PathBuf>) -> Option<Control> {
     match Config::load(path).and_then(|c| c.check().map(|keys| (c, keys))) {
         Ok((c, keys)) => Some(Control::Reload { keys, router: c.router }),
         Err(e) => {
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "error").increment(1);
             tracing::error!(error = %e, path = %path.display(), "SIGHUP: config refused, keeping the old one");
             None
         }
