@@ -513,7 +513,7 @@ impl Ingress for Worker {
             self.bus_was_down.set(true);
             tracing::warn!(worker = self.index, "bus down");
         } else if self.bus_was_down.replace(false) {
-            metrics::counter!(m::BUS_RECONNECTS).increment(1);
+            // switchboard_bus_reconnects_total is the bus consumer's (it knows connections).
             self.resync_all();
         }
     }
