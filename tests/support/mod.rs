@@ -82,7 +82,8 @@ impl Env {
             |s: &str| self.sections.iter().filter(|(n, _)| n == s).map(|(_, l)| format!("{l}\n")).collect::<String>();
         let text = format!(
             "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{}\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
-             [bus]\nlocal_dir = \"run/bus\"\n{}\n[journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}",
+             [bus]\nlocal_dir = \"run/bus\"\n{}\n[journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             lines("router"),
             lines("tokens"),
             lines("bus"),
