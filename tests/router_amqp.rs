@@ -113,7 +113,8 @@ fn close_worker_connections(router: &Process) -> usize {
         .filter_map(|l| l.split_whitespace().nth(2)?.rsplit_once(':').map(|(_, p)| p.to_owned()))
         .collect();
     assert_eq!(ports.len(), pids.len(), "one broker connection per worker: {ss}");
-    let list = run("rabbitmqctl", &["-q", "list_connections", "--no-table-headers", "pid", "peer_port", "client_properties"]);
+    let list =
+        run("rabbitmqctl", &["-q", "list_connections", "--no-table-headers", "pid", "peer_port", "client_properties"]);
     let mut closed = 0;
     for line in list.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
