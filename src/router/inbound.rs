@@ -24,6 +24,26 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
 
+/// A connection's read half: bytes, and a wait for readability that holds no buffer.
+pub trait ReadHalf: AsyncRead + Unpin + 'static {
+    /// Resolves when a read would not block (or may be attempted).
+    fn ready(&self) -> impl Future<Output = io::Result<()>>;
+}
+
+impl ReadHalf for OwnedReadHalf {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> {
+        OwnedReadHalf::readable(self)
+    }
+}
+
+/// TLS: readiness of the socket says nothing about whole records, so the reader reads at
+/// once (rustls holds its own buffers per connection anyway).
+impl<T: AsyncRead + Unpin + 'static> ReadHalf for tokio::io::ReadHalf<T> {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
 /// Longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEAD: usize = 14;
 
@@ -57,8 +77,8 @@ fn payload_len(head: &[u8]) -> u64 {
 }
 
 /// A socket's read half that yields one frame at a time.
-pub struct Inbound {
-    io: OwnedReadHalf,
+pub struct Inbound<R = OwnedReadHalf> {
+    io: R,
     /// Bytes hyper read past the HTTP request, served before the socket.
     prefix: Bytes,
     head: [u8; MAX_HEAD],
@@ -72,10 +92,10 @@ pub struct Inbound {
     payload_left: u64,
 }
 
-impl Inbound {
+impl<R: ReadHalf> Inbound<R> {
     /// `prefix` are bytes read past the HTTP request; it is copied, because as a slice of
     /// hyper's read buffer (even an empty one) it would keep that whole buffer alive.
-    pub fn new(io: OwnedReadHalf, prefix: Bytes) -> Self {
+    pub fn new(io: R, prefix: Bytes) -> Self {
         let prefix = if prefix.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&prefix) };
         Self { io, prefix, head: [0; MAX_HEAD], fill: 0, head_len: 0, given: 0, payload_left: 0 }
     }
@@ -90,7 +110,7 @@ impl Inbound {
         if !self.prefix.is_empty() || !self.at_boundary() {
             return Ok(());
         }
-        self.io.readable().await
+        self.io.ready().await
     }
 
     /// Reads into `dst` from the prefix, then the socket.
@@ -113,7 +133,7 @@ impl Inbound {
     }
 }
 
-impl AsyncRead for Inbound {
+impl<R: ReadHalf> AsyncRead for Inbound<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if out.remaining() == 0 {
