@@ -83,11 +83,16 @@ impl Env {
         let text = format!(
             "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{}\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
              [bus]\nlocal_dir = \"run/bus\"\n{}\n[journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n",
+             [admin]\nlisten = \"127.0.0.1:0\"\n{}",
             lines("router"),
             lines("tokens"),
             lines("bus"),
             lines("journal"),
+            // Optional section: present only when a test adds to it.
+            match lines("tls") {
+                t if t.is_empty() => t,
+                t => format!("[tls]\n{t}"),
+            },
         );
         std::fs::write(self.config_path(), text).expect("config");
     }
