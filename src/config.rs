@@ -518,6 +518,9 @@ impl Config {
     /// Everything `check-config` checks: the values and every key file.
     pub fn check(&self) -> Result<KeySet, ConfigError> {
         self.validate()?;
+        if let Some(tls) = &self.tls {
+            crate::tls::server_config(tls)?;
+        }
         self.tokens.load_keys()
     }
 

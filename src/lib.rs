@@ -24,4 +24,5 @@ pub mod journal;
 pub mod metrics;
 pub mod router;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;

@@ -19,7 +19,8 @@ fn envelope_of(m: &switchboard::client::Message) -> (String, u64) {
 
 #[tokio::test]
 async fn clients_get_only_their_topics_in_order_until_they_unsubscribe() {
-    let env = Env::new();
+    // One worker: a late subscriber's last_seq and the publish count are per worker.
+    let env = Env::new().with("router", "workers = 1");
     let router = env.router();
     let addr = router.addr("router");
     let mut a = connect(addr).await;
@@ -67,7 +68,8 @@ async fn pings_are_answered_and_close_is_echoed() {
 
 #[tokio::test]
 async fn publish_cli_reaches_a_subscriber() {
-    let env = Env::new();
+    // One worker: a late subscriber's last_seq and the publish count are per worker.
+    let env = Env::new().with("router", "workers = 1");
     let router = env.router();
     let mut c = connect(router.addr("router")).await;
     subscribe_ok(&mut c, 1, "post:42", &env.token(&["post:42"], 60)).await;
@@ -145,7 +147,8 @@ async fn bad_handshakes_get_a_status_and_a_reason() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_get_503() {
-    let env = Env::new().with("router", "max_connections = 2");
+    // max_connections is per worker: one worker, so the third connection is the one refused.
+    let env = Env::new().with("router", "max_connections = 2").with("router", "workers = 1");
     let router = env.router();
     let addr = router.addr("router");
     let a = connect(addr).await;
@@ -178,10 +181,11 @@ async fn sigterm_drains_with_1001_and_exits_0_and_sighup_reloads() {
     subscribe_ok(&mut c, 1, "t", &env.token(&["t"], 60)).await;
     // SIGHUP with a config that no longer parses: logged, the old one kept, nobody dropped.
     let good = std::fs::read_to_string(env.config_path()).unwrap();
+    // The supervisor checks the file and does not forward a broken one to the workers.
     std::fs::write(env.config_path(), "[router]\nbogus = 1\n").unwrap();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(router.pid() as i32), Signal::SIGHUP);
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !router.stderr().contains("config refused") && std::time::Instant::now() < end {
+    while !router.stderr().contains("config file is not usable") && std::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     std::fs::write(env.config_path(), good).unwrap();
@@ -195,5 +199,5 @@ async fn sigterm_drains_with_1001_and_exits_0_and_sighup_reloads() {
     c.close(1001).await.unwrap();
     let (code, stderr) = waiter.await.unwrap();
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("config refused"), "the bad reload was logged: {stderr}");
+    assert!(stderr.contains("config file is not usable"), "the bad reload was logged: {stderr}");
 }

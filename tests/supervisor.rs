@@ -1,9 +1,11 @@
 //! The supervisor with real processes and real signals: spreading, respawn, SIGTERM, SIGINT,
 //! SIGHUP, PDEATHSIG, crash-loop backoff, start-up failure.
 //!
-//! Runs against whatever `router::worker` is in the tree (the placeholder, whose `/` answers
-//! `worker=<i>`, until the real worker is merged). Waits are for observable states (the
-//! ready line, /readyz, a metric, a log event, a process gone), never a bare sleep.
+//! Runs against the real worker. Which worker holds a connection is read where an operator
+//! would read it: the per-worker `switchboard_connections` gauge and
+//! `switchboard_connections_accepted_total` counter on the admin /metrics. Waits are for
+//! observable states (the ready line, /readyz, a metric, a log event, a process gone), never
+//! a bare sleep.
 
 // Test helpers panic on failure: that is how a test fails.
 #![allow(clippy::unwrap_used)]
@@ -18,11 +20,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use supervisor_support::{Router, alive, log_events, wait_until};
+use supervisor_support::{Router, alive, log_events, wait_until, ws_open, ws_status};
+use switchboard::client::{Client, Message};
 use switchboard::metrics as m;
+use switchboard::wire::token::Claims;
+use switchboard::wire::{ServerFrame, SigningKeyFile};
 
-fn worker_of(body: &str) -> Option<usize> {
-    body.trim().strip_prefix("worker=").and_then(|w| w.parse().ok())
+/// A per-worker sample (0 when absent).
+fn of_worker(r: &Router, name: &str, w: usize) -> f64 {
+    r.metric(name, &[("worker", &w.to_string())]).unwrap_or(0.0)
 }
 
 #[test]
@@ -32,20 +38,25 @@ fn connections_spread_over_both_workers_on_one_port() {
     assert_ne!(r.router.port(), 0, "port 0 is resolved once, in the supervisor");
     assert_eq!(r.worker_pids().len(), 2);
     let n = 400;
-    let mut per: BTreeMap<usize, u32> = BTreeMap::new();
+    // WebSocket connections, held open: each is a session in the worker that accepted it.
+    let mut held = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        let (code, body) = r.get("/").expect("GET /");
-        assert_eq!(code, 200);
-        *per.entry(worker_of(&body).expect(&body)).or_default() += 1;
+        let (code, s) = ws_open(r.router).expect("handshake");
+        assert_eq!(code, 101);
+        held.push(s);
     }
-    let (a, b) = (per.get(&0).copied().unwrap_or(0), per.get(&1).copied().unwrap_or(0));
+    // The gauge is refreshed by each worker's once-a-second sweep.
+    let open = |r: &Router| (0..2).map(|w| of_worker(r, m::CONNECTIONS, w)).sum::<f64>();
+    assert!(wait_until(Duration::from_secs(3), || open(&r) == n as f64), "open connections: {}", open(&r));
+    let per: BTreeMap<usize, u32> = (0..2).map(|w| (w, of_worker(&r, m::CONNECTIONS, w) as u32)).collect();
+    let (a, b) = (per[&0], per[&1]);
     let skew = (a as f64 - b as f64).abs() / n as f64;
     println!("spread over 2 workers: worker 0 {a}, worker 1 {b} (skew {:.1}%)", skew * 100.0);
     assert!(a >= n / 4 && b >= n / 4, "uneven spread: {per:?}");
     // The admin endpoint sees both workers' counters.
-    let accepted: f64 =
-        (0..2).map(|w| r.metric(m::CONNECTIONS_ACCEPTED, &[("worker", &w.to_string())]).unwrap_or(0.0)).sum();
+    let accepted: f64 = (0..2).map(|w| of_worker(&r, m::CONNECTIONS_ACCEPTED, w)).sum();
     assert!(accepted >= n as f64, "accepted {accepted}");
+    drop(held);
     assert_eq!(r.admin_get("/healthz").unwrap().0, 200);
     assert_eq!(r.admin_get("/readyz").unwrap().0, 200);
 }
@@ -67,8 +78,8 @@ fn killed_worker_is_respawned_within_a_second_while_service_continues() {
             let mut errors = vec![];
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
-                match supervisor_support::http_get(addr, "/") {
-                    Ok((200, _)) => {
+                match ws_status(addr) {
+                    Ok(101) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                     other => errors.push((start, format!("{other:?}"))),
@@ -164,7 +175,7 @@ fn sighup_reaches_every_worker_which_keeps_running() {
         r.logs()
     );
     assert_eq!(r.worker_pids(), before, "no worker was replaced");
-    assert_eq!(r.get("/").unwrap().0, 200);
+    assert_eq!(ws_status(r.router).unwrap(), 101);
 
     // A broken config file is refused by the supervisor and not forwarded.
     let good = std::fs::read_to_string(&r.config).unwrap();
@@ -180,19 +191,108 @@ fn sighup_reaches_every_worker_which_keeps_running() {
     assert_eq!(r.admin_get("/readyz").unwrap().0, 200);
 }
 
-/// After the merge, with the real worker: a WebSocket connection stays open across SIGHUP,
-/// and a token signed with a key added before the SIGHUP is accepted afterwards.
+/// A token for `topics` signed by `key`, valid for an hour.
+fn token(key: &SigningKeyFile, topics: &[&str]) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = Claims {
+        kid: key.kid.clone(),
+        sub: "sighup-test".into(),
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        iat: now,
+        exp: now + 3600,
+        nbf: None,
+    };
+    switchboard::wire::token::mint(&claims, &key.key)
+}
+
+/// The next data or close frame, within 10 s.
+async fn next_frame(c: &mut Client) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), c.next()).await.expect("a frame in time").expect("a frame")
+}
+
+/// Subscribes; the answer's error code, or None for `ok`.
+async fn subscribe(c: &mut Client, id: u32, topic: &str, token: &str) -> Option<String> {
+    c.subscribe(id, topic, token).await.unwrap();
+    let m = next_frame(c).await;
+    match m.frame() {
+        Some(ServerFrame::Ok { id: got, .. }) if got == id => None,
+        Some(ServerFrame::Error { id: got, code, .. }) if got == id => Some(code.to_owned()),
+        other => panic!("expected ok or error for {id}, got {other:?}"),
+    }
+}
+
+/// A WebSocket connection stays open across SIGHUP and still receives; a token signed with
+/// a key added before the SIGHUP is accepted afterwards; a key removed is refused for new
+/// subscribes after the next one.
 #[test]
-#[ignore = "needs the real worker (router branch): WebSocket sessions and key reload"]
 fn sighup_keeps_connections_and_a_new_key_works() {
+    let k1 = SigningKeyFile::new("k1", [7; 32]); // the one in config_text
+    let k2 = SigningKeyFile::new("k2", [9; 32]);
     let r = Router::start(2);
-    // 1. Open a WebSocket on r.router (router.path), subscribe with a k1 token: acknowledged.
-    // 2. Write a second public key (kid k2) to a key file and list it in [tokens].key_files.
-    // 3. SIGHUP; wait for switchboard_config_reloads_total{result="ok"} on every worker.
-    // 4. The connection from 1 is still open and still receives an envelope published on
-    //    the local bus; a new connection subscribing with a k2 token is acknowledged.
-    r.signal(Signal::SIGHUP);
-    todo!("WebSocket steps once the real worker and its test client are merged");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Connections on both workers (the port hash spreads them), each subscribed with k1.
+        let mut held = vec![];
+        for _ in 0..8 {
+            let mut c = Client::connect(r.router, "/ws").await.unwrap();
+            assert_eq!(subscribe(&mut c, 1, "news", &token(&k1, &["news"])).await, None);
+            held.push(c);
+        }
+        let before_k2 = {
+            let mut c = Client::connect(r.router, "/ws").await.unwrap();
+            subscribe(&mut c, 1, "news", &token(&k2, &["news"])).await
+        };
+        assert_eq!(before_k2.as_deref(), Some("token_unknown_kid"));
+
+        // Add k2 in a key file, SIGHUP, wait for every worker's reload.
+        let keys = r.dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::write(keys.join("k2.pub"), k2.public_text()).unwrap();
+        let text = std::fs::read_to_string(&r.config).unwrap();
+        let with_k2 = text.replace("key_files = []", &format!("key_files = [\"{}\"]", keys.display()));
+        assert_ne!(with_k2, text);
+        std::fs::write(&r.config, &with_k2).unwrap();
+        r.signal(Signal::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(3), || (0..2).all(|w| reloads(&r, w) == 1.0)),
+            "workers did not reload; log:\n{}",
+            r.logs()
+        );
+
+        // Every held connection is still open and still receives.
+        let mut bus = switchboard::bus::local::Publisher::new(&r.dir.path().join("bus"));
+        let e = switchboard::wire::EnvelopeRef { topic: "news", seq: 1, id: "e1", ts: 0, kind: "test", payload: b"1" };
+        let routed = switchboard::bus::Routed { topic: "news".into(), seq: 1, frame: bytes::Bytes::from(e.encode()) };
+        assert_eq!(bus.publish_counted(&[routed]).await.unwrap(), 2, "both workers took the envelope");
+        for c in &mut held {
+            let m = next_frame(c).await;
+            assert!(matches!(m.frame(), Some(ServerFrame::Envelope(e)) if e.seq == 1), "{m:?}");
+        }
+        // A new connection with a k2 token is acknowledged (on whichever worker).
+        for _ in 0..4 {
+            let mut c = Client::connect(r.router, "/ws").await.unwrap();
+            assert_eq!(subscribe(&mut c, 2, "news", &token(&k2, &["news"])).await, None);
+        }
+
+        // Remove k1 (the inline key): new subscribes with k1 are refused.
+        let k1_line = k1.public_text();
+        let without_k1 = with_k2.replace(&format!("\"{}\"", k1_line.trim()), "");
+        assert_ne!(without_k1, with_k2);
+        std::fs::write(&r.config, &without_k1).unwrap();
+        r.signal(Signal::SIGHUP);
+        assert!(wait_until(Duration::from_secs(3), || (0..2).all(|w| reloads(&r, w) == 2.0)), "{}", r.logs());
+        for _ in 0..4 {
+            let mut c = Client::connect(r.router, "/ws").await.unwrap();
+            let refused = subscribe(&mut c, 3, "news", &token(&k1, &["news"])).await;
+            assert_eq!(refused.as_deref(), Some("token_unknown_kid"));
+        }
+        // The held connections stayed through both reloads: each answers a ping.
+        for c in &mut held {
+            c.send(&switchboard::wire::ClientFrame::Ping { id: 9 }).await.unwrap();
+            let m = next_frame(c).await;
+            assert!(matches!(m.frame(), Some(ServerFrame::Pong { id: 9 })), "{m:?}");
+        }
+    });
 }
 
 #[test]
@@ -241,8 +341,11 @@ fn a_crash_looping_worker_is_respawned_ever_more_slowly() {
     let delays = respawn_delays(&r.logs(), "worker-0");
     println!("respawn delays of worker 0 (ms): {delays:?}");
     assert_eq!(&delays[..6], [0, 100, 500, 1000, 2000, 5000]);
-    // Meanwhile the other worker serves, and the host is not ready.
-    assert!((0..20).all(|_| r.get("/").is_ok_and(|(c, b)| c == 200 && worker_of(&b) == Some(1))));
+    // Meanwhile the other worker serves (it accepts every one of 20 connections), and the
+    // host is not ready.
+    let accepted_1 = of_worker(&r, m::CONNECTIONS_ACCEPTED, 1);
+    assert!((0..20).all(|_| ws_status(r.router).is_ok_and(|c| c == 101)));
+    assert_eq!(of_worker(&r, m::CONNECTIONS_ACCEPTED, 1), accepted_1 + 20.0);
     assert_eq!(r.admin_get("/readyz").unwrap().0, 503);
     assert_eq!(r.metric(m::WORKER_UP, &[("worker", "0")]), Some(0.0));
     assert_eq!(r.worker_pids().get(&1), Some(&pids[&1]));
@@ -310,7 +413,7 @@ fn a_port_held_by_another_router_is_refused() {
     };
     assert_eq!(status.code(), Some(1), "{logs}");
     assert!(logs.contains("another router"), "{logs}");
-    assert_eq!(first.get("/").unwrap().0, 200);
+    assert_eq!(ws_status(first.router).unwrap(), 101);
 }
 
 /// Datagrams the supervisor sent to `NOTIFY_SOCKET`, as text.

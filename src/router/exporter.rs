@@ -59,6 +59,7 @@ pub fn start(index: usize, runtime_dir: &Path) -> Exporter {
             return ex;
         }
     };
+    register_at_zero();
     let h = handle.clone();
     ex.tasks.push(tokio::task::spawn_local(async move {
         loop {
@@ -76,6 +77,52 @@ pub fn start(index: usize, runtime_dir: &Path) -> Exporter {
         Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot serve metrics"),
     }
     ex
+}
+
+/// Every family a worker reports exists from its start, at zero: a dashboard or an alert
+/// over `rate(...)` sees 0 instead of "no data" until the first event. Labelled families get
+/// the label values that occur most (others appear when first counted).
+pub fn register_at_zero() {
+    use crate::metrics as m;
+    for name in [
+        m::CONNECTIONS_ACCEPTED,
+        m::ENVELOPES_RECEIVED,
+        m::ENVELOPES_UNROUTED,
+        m::DELIVERIES,
+        m::BYTES_OUT,
+        m::GAPS,
+        m::RESYNCS,
+        m::FRAMES_IN,
+        m::BUS_RECONNECTS,
+        m::BUS_SEQ_ANOMALIES,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for reason in ["ended", "idle_timeout", "slow_consumer", "violations", "protocol_error", "close_timeout"] {
+        metrics::counter!(m::CLOSES, "reason" => reason).absolute(0);
+    }
+    for reason in ["not_found", "not_websocket", "full", "draining"] {
+        metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => reason).absolute(0);
+    }
+    for reason in ["gap", "slow_consumer_close"] {
+        metrics::counter!(m::DROPS, "reason" => reason).absolute(0);
+    }
+    for reason in ["token_bad_signature", "token_expired", "token_unknown_kid", "topic_not_granted"] {
+        metrics::counter!(m::TOKEN_REJECTIONS, "reason" => reason).absolute(0);
+    }
+    for reason in ["bad_frame", "rate_limited", "too_many_subscriptions"] {
+        metrics::counter!(m::FRAMES_REJECTED, "reason" => reason).absolute(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(m::CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+    for name in [m::CONNECTIONS, m::SUBSCRIPTIONS, m::TOPICS, m::BUS_CONNECTED] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for name in [m::ROUTE_SECONDS, m::DELIVERY_LATENCY] {
+        // A registered histogram renders its buckets at zero.
+        let _ = metrics::histogram!(name);
+    }
 }
 
 fn bind(path: &Path) -> std::io::Result<UnixListener> {

@@ -24,6 +24,35 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::OwnedReadHalf;
 
+/// A connection's read half: bytes, and a wait for the next bytes that holds no buffer.
+pub trait ReadHalf: AsyncRead + Unpin + 'static {
+    /// Waits for the first bytes of the next frame and reads them into `buf` (0 at EOF).
+    fn first_bytes(&mut self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>>;
+}
+
+impl ReadHalf for OwnedReadHalf {
+    /// tokio reports a socket readable until a read would block, and reads here stop at frame
+    /// boundaries, so readiness alone is stale right after a frame: a read must say so.
+    async fn first_bytes(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            match self.try_read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// TLS: socket readiness says nothing about whole records, so this reads through rustls
+/// (which holds its own buffers per connection anyway).
+impl<T: AsyncRead + Unpin + 'static> ReadHalf for tokio::io::ReadHalf<T> {
+    async fn first_bytes(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::io::AsyncReadExt::read(self, buf).await
+    }
+}
+
 /// Longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
 const MAX_HEAD: usize = 14;
 
@@ -57,8 +86,8 @@ fn payload_len(head: &[u8]) -> u64 {
 }
 
 /// A socket's read half that yields one frame at a time.
-pub struct Inbound {
-    io: OwnedReadHalf,
+pub struct Inbound<R = OwnedReadHalf> {
+    io: R,
     /// Bytes hyper read past the HTTP request, served before the socket.
     prefix: Bytes,
     head: [u8; MAX_HEAD],
@@ -72,10 +101,10 @@ pub struct Inbound {
     payload_left: u64,
 }
 
-impl Inbound {
+impl<R: ReadHalf> Inbound<R> {
     /// `prefix` are bytes read past the HTTP request; it is copied, because as a slice of
     /// hyper's read buffer (even an empty one) it would keep that whole buffer alive.
-    pub fn new(io: OwnedReadHalf, prefix: Bytes) -> Self {
+    pub fn new(io: R, prefix: Bytes) -> Self {
         let prefix = if prefix.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&prefix) };
         Self { io, prefix, head: [0; MAX_HEAD], fill: 0, head_len: 0, given: 0, payload_left: 0 }
     }
@@ -92,18 +121,9 @@ impl Inbound {
         if !self.prefix.is_empty() || !self.at_boundary() {
             return Ok(());
         }
-        loop {
-            self.io.readable().await?;
-            match self.io.try_read(&mut self.head[..2]) {
-                // 0 is EOF: the reader will meet it on its first read.
-                Ok(n) => {
-                    self.fill = n as u8;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        // 0 is EOF: the reader will meet it on its first read.
+        self.fill = self.io.first_bytes(&mut self.head[..2]).await? as u8;
+        Ok(())
     }
 
     /// Reads into `dst` from the prefix, then the socket.
@@ -126,7 +146,7 @@ impl Inbound {
     }
 }
 
-impl AsyncRead for Inbound {
+impl<R: ReadHalf> AsyncRead for Inbound<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if out.remaining() == 0 {

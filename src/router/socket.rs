@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::inbound::Inbound;
+use super::inbound::{Inbound, ReadHalf};
 
 use super::ledger::ConnId;
 use super::outbound::{self, Finished, Op, Outbound, State};
@@ -141,10 +141,33 @@ impl<S: Session> Drop for EndGuard<S> {
     }
 }
 
+/// A byte stream a connection runs on: plain TCP (owned halves, no lock) or TLS.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: ReadHalf;
+    type Write: AsyncWrite + Unpin + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
 /// Serves one upgraded connection until it is closed; `prefix` are bytes already read.
-pub async fn run<S: Session>(session: Rc<S>, tcp: TcpStream, prefix: Bytes) {
+pub async fn run<S: Session, T: Transport>(session: Rc<S>, io: T, prefix: Bytes) {
     let guard = EndGuard(session);
-    let (r, mut w) = tcp.into_split();
+    let (r, mut w) = io.split();
     let reader = read_loop(guard.0.clone(), Inbound::new(r, prefix));
     let mut reader = tokio::task::spawn_local(tracing::Instrument::in_current_span(reader));
     let conn = guard.0.conn();
@@ -234,7 +257,7 @@ impl<S: Session> Reader<S> {
 }
 
 /// A fastwebsockets reader for the next frame, with the limits applied.
-fn reader<'a>(inbound: &'a mut Inbound, l: &Limits) -> WebSocketRead<&'a mut Inbound> {
+fn reader<'a, R: ReadHalf>(inbound: &'a mut Inbound<R>, l: &Limits) -> WebSocketRead<&'a mut Inbound<R>> {
     let (mut rd, _) = fastwebsockets::after_handshake_split(inbound, tokio::io::sink(), Role::Server);
     rd.set_auto_pong(true);
     rd.set_auto_close(true);
@@ -250,7 +273,7 @@ enum Partial {
     Skipping,
 }
 
-async fn read_loop<S: Session>(s: Rc<S>, mut inbound: Inbound) {
+async fn read_loop<S: Session, R: ReadHalf>(s: Rc<S>, mut inbound: Inbound<R>) {
     let r = Reader { s, bucket: Cell::new(None), violations: Cell::new(0) };
     let mut partial = Partial::None;
     loop {

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha1::{Digest, Sha1};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::socket::{self, Session};
+use super::socket::{self, Session, Transport};
 
 /// The subprotocol the router speaks; echoed only when the client offers it.
 pub const PROTOCOL: &str = "switchboard.v1";
@@ -51,6 +51,11 @@ pub trait Endpoint: 'static {
     fn protocol(&self) -> Option<&'static str>;
     /// Admits one more connection and creates its session (before the 101 is sent).
     fn open(self: &Rc<Self>) -> Result<Rc<Self::Session>, Refusal>;
+    /// The TLS acceptor for new connections (wss://), if TLS is configured: asked once per
+    /// accepted connection, so a reload reaches the next one.
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        None
+    }
 }
 
 /// Accepts connections until the task is dropped (which closes the listener).
@@ -60,7 +65,14 @@ pub async fn accept_loop<E: Endpoint>(listener: TcpListener, ep: Rc<E>) {
             Ok((tcp, _peer)) => {
                 // Frames are coalesced by the writer already; Nagle would only add latency.
                 let _ = tcp.set_nodelay(true);
-                tokio::task::spawn_local(serve_http(ep.clone(), tcp));
+                match ep.tls() {
+                    None => {
+                        tokio::task::spawn_local(serve_http(ep.clone(), tcp));
+                    }
+                    Some(acceptor) => {
+                        tokio::task::spawn_local(serve_tls(ep.clone(), acceptor, tcp));
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on a full fd table.
@@ -72,19 +84,33 @@ pub async fn accept_loop<E: Endpoint>(listener: TcpListener, ep: Rc<E>) {
     }
 }
 
-/// Serves HTTP on one TCP connection until it is upgraded or closed.
-pub async fn serve_http<E: Endpoint>(ep: Rc<E>, tcp: TcpStream) {
+/// The TLS handshake (within the handshake timeout), then HTTP over it.
+async fn serve_tls<E: Endpoint>(ep: Rc<E>, acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream) {
+    match tokio::time::timeout(ep.handshake_timeout(), acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => serve_http(ep, tls).await,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "tls_handshake").increment(1);
+        }
+        Err(_) => {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "tls_handshake").increment(1);
+        }
+    }
+}
+
+/// Serves HTTP on one connection (TCP or TLS) until it is upgraded or closed.
+pub async fn serve_http<E: Endpoint, T: Transport>(ep: Rc<E>, io: T) {
     let timeout = ep.handshake_timeout();
     let service = hyper::service::service_fn(move |req| {
         let ep = ep.clone();
-        async move { Ok::<_, Infallible>(respond(&ep, req)) }
+        async move { Ok::<_, Infallible>(respond::<E, T>(&ep, req)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         // One request per connection: a refused client reconnects, an accepted one upgrades.
         .keep_alive(false)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     // A timeout or a malformed request ends here; hyper has answered or dropped it.
     let _ = conn.await;
@@ -120,7 +146,7 @@ pub fn accept_key(key: &[u8]) -> String {
     STANDARD.encode(h.finalize())
 }
 
-fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond<E: Endpoint, T: Transport>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     if !ep.is_path(req.uri().path()) {
         return refuse(StatusCode::NOT_FOUND, "not found: the WebSocket endpoint is elsewhere", "not_found");
     }
@@ -162,14 +188,14 @@ fn respond<E: Endpoint>(ep: &Rc<E>, mut req: Request<Incoming>) -> Response<Full
     let task = async move {
         let guard = socket::EndGuard(session);
         let Ok(upgraded) = on_upgrade.await else { return };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<T>>() {
             Ok(parts) => {
                 let session = guard.0.clone();
                 // `run` takes over the end-of-connection duty.
                 std::mem::forget(guard);
                 socket::run(session, parts.io.into_inner(), parts.read_buf).await;
             }
-            Err(_) => tracing::error!("upgraded connection is not a TcpStream"),
+            Err(_) => tracing::error!("upgraded connection is not the stream it was accepted as"),
         }
     };
     tokio::task::spawn_local(tracing::Instrument::instrument(task, span));

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -60,6 +61,9 @@ pub enum Control {
     /// Swap the keys and the `[router]` limits without dropping connections. `listen` and
     /// `path` cannot change in a running worker (a new one binds them).
     Reload { keys: KeySet, router: RouterConfig },
+    /// Use this TLS config (`[tls]`, re-read on SIGHUP) for new connections; `None`: plain
+    /// TCP. Established connections keep what they negotiated.
+    Tls(Option<Arc<rustls::ServerConfig>>),
 }
 
 /// Why a worker could not start.
@@ -69,6 +73,8 @@ pub enum WorkerError {
     Listen(#[source] std::io::Error),
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::config::ConfigError),
 }
 
 /// How long a connection may take to write its close frame before it is cut.
@@ -155,6 +161,8 @@ pub struct Worker {
     /// The bus went down since the last up: the next up sends resync.
     bus_was_down: Cell<bool>,
     accepting: Cell<bool>,
+    /// wss:// when set: the acceptor new connections are wrapped with.
+    tls: RefCell<Option<tokio_rustls::TlsAcceptor>>,
     counters: Counters,
 }
 
@@ -174,6 +182,7 @@ impl Worker {
             consumer: RefCell::new(None),
             bus_was_down: Cell::new(false),
             accepting: Cell::new(true),
+            tls: RefCell::new(None),
             counters: Counters::new(),
         }
     }
@@ -413,6 +422,10 @@ impl Worker {
         }
     }
 
+    fn set_tls(&self, tls: Option<Arc<rustls::ServerConfig>>) {
+        *self.tls.borrow_mut() = tls.map(tokio_rustls::TlsAcceptor::from);
+    }
+
     fn reload(&self, keys: KeySet, router: RouterConfig) {
         {
             let old = self.cfg.borrow();
@@ -430,6 +443,7 @@ impl Worker {
         }
         *self.cfg.borrow_mut() = router;
         self.auth.set_keys(keys);
+        metrics::counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
         tracing::info!(worker = self.index, "reloaded keys and limits");
     }
 }
@@ -447,6 +461,10 @@ impl Endpoint for Worker {
 
     fn protocol(&self) -> Option<&'static str> {
         Some(upgrade::PROTOCOL)
+    }
+
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.borrow().clone()
     }
 
     fn open(self: &Rc<Self>) -> Result<Rc<Session>, Refusal> {
@@ -525,7 +543,7 @@ impl Ingress for Worker {
             self.bus_was_down.set(true);
             tracing::warn!(worker = self.index, "bus down");
         } else if self.bus_was_down.replace(false) {
-            metrics::counter!(m::BUS_RECONNECTS).increment(1);
+            // switchboard_bus_reconnects_total is the bus consumer's (it knows connections).
             self.resync_all();
         }
     }
@@ -549,6 +567,9 @@ pub async fn start(
     let listener = tokio::net::TcpListener::from_std(listener).map_err(WorkerError::Listen)?;
     let addr = listener.local_addr().map_err(WorkerError::Listen)?;
     let worker = Rc::new(Worker::new(&cfg, keys, index));
+    if let Some(t) = &cfg.tls {
+        worker.set_tls(Some(crate::tls::server_config(t)?));
+    }
     let mut tasks = Vec::new();
     let clock = worker.clock;
     tasks.push(tokio::task::spawn_local(worker.auth.clone().run_batches(move || clock.now_secs())));
@@ -564,7 +585,8 @@ pub async fn start(
         }
     }));
     let accept = tokio::task::spawn_local(upgrade::accept_loop(listener, worker.clone()));
-    tracing::info!(worker = index, %addr, path = %cfg.router.path, "worker listening");
+    let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(worker = index, %addr, path = %cfg.router.path, scheme, "worker listening");
     Ok(Running { worker, addr, accept: Some(accept), tasks })
 }
 
@@ -603,6 +625,7 @@ impl Running {
         let exit = loop {
             match control.recv().await {
                 Some(Control::Reload { keys, router }) => self.worker.reload(keys, router),
+                Some(Control::Tls(tls)) => self.worker.set_tls(tls),
                 Some(Control::Drain) => {
                     self.stop_accepting();
                     let (window, grace) = {
@@ -750,7 +773,13 @@ fn spawn_signals(tx: mpsc::Sender<Control>, config_path: Option<PathBuf>) -> std
                 _ = term.recv() => Control::Drain,
                 _ = int.recv() => Control::Stop,
                 _ = hup.recv() => match reload_config(config_path.as_ref()) {
-                    Some(m) => m,
+                    Some((tls, reload)) => {
+                        // TLS first: the reload is counted once both are in place.
+                        if tx.send(Control::Tls(tls)).await.is_err() {
+                            return;
+                        }
+                        reload
+                    }
                     None => continue,
                 },
             };
@@ -762,15 +791,25 @@ fn spawn_signals(tx: mpsc::Sender<Control>, config_path: Option<PathBuf>) -> std
     Ok(())
 }
 
-/// Re-reads the config (if a path is known) and the keys; `None` (logged) on any error.
-fn reload_config(path: Option<&PathBuf>) -> Option<Control> {
+/// The TLS config and the reload a SIGHUP asks for.
+type Reloaded = (Option<Arc<rustls::ServerConfig>>, Control);
+
+/// Re-reads the config (if a path is known), the keys and the TLS files; `None` (logged) on
+/// any error.
+fn reload_config(path: Option<&PathBuf>) -> Option<Reloaded> {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no config file to re-read (started on defaults)");
         return None;
     };
-    match Config::load(path).and_then(|c| c.check().map(|keys| (c, keys))) {
-        Ok((c, keys)) => Some(Control::Reload { keys, router: c.router }),
+    let loaded = Config::load(path).and_then(|c| {
+        let keys = c.check()?;
+        let tls = c.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        Ok((c, keys, tls))
+    });
+    match loaded {
+        Ok((c, keys, tls)) => Some((tls, Control::Reload { keys, router: c.router })),
         Err(e) => {
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "error").increment(1);
             tracing::error!(error = %e, path = %path.display(), "SIGHUP: config refused, keeping the old one");
             None
         }

@@ -296,3 +296,33 @@ pub fn log_events(logs: &str, message: &str) -> Vec<BTreeMap<String, String>> {
         })
         .collect()
 }
+
+/// A WebSocket handshake on the router's endpoint (`/ws`), by hand: the HTTP status of the
+/// answer and the open stream (a 101 leaves the connection to the worker that accepted it).
+/// Errors read like [`http_get`]'s (`ConnectionReset`, `no HTTP head`).
+pub fn ws_open(addr: SocketAddr) -> std::io::Result<(u16, TcpStream)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(switchboard::client::request(&addr.to_string(), "/ws", "").as_bytes())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            let text = String::from_utf8_lossy(&head).into_owned();
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no HTTP head in {text:?}")));
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {text:?}")))?;
+    Ok((code, s))
+}
+
+/// A WebSocket handshake, then the connection is dropped: the status code.
+pub fn ws_status(addr: SocketAddr) -> std::io::Result<u16> {
+    ws_open(addr).map(|(code, _)| code)
+}

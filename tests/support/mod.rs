@@ -80,18 +80,19 @@ impl Env {
     fn write_config(&mut self) {
         let lines =
             |s: &str| self.sections.iter().filter(|(n, _)| n == s).map(|(_, l)| format!("{l}\n")).collect::<String>();
-        let router = lines("router");
-        // One worker unless a test asks for more: per-worker limits then hold for the process.
-        let workers = if router.contains("workers") { "" } else { "workers = 1\n" };
         let text = format!(
-            "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{workers}{}\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
-             [bus]\nlocal_dir = \"run/bus\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\
-             [journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}",
-            router,
+            "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{}\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
+             [bus]\nlocal_dir = \"run/bus\"\n{}\n[journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n{}",
+            lines("router"),
             lines("tokens"),
             lines("bus"),
-            lines("admin"),
             lines("journal"),
+            // Optional section: present only when a test adds to it.
+            match lines("tls") {
+                t if t.is_empty() => t,
+                t => format!("[tls]\n{t}"),
+            },
         );
         std::fs::write(self.config_path(), text).expect("config");
     }
