@@ -454,7 +454,7 @@ impl Supervisor {
         };
         match outcome {
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: config refused (the file is not usable); keeping the running configuration");
+                tracing::error!(error = %e, "SIGHUP: the config file is not usable; keeping the running configuration");
             }
             Ok(new) => {
                 if let Some(mut new) = new {
