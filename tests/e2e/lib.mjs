@@ -42,10 +42,18 @@ outbox_poll_ms = 100
   };
 }
 
+// Whatever ends this test (a failure, Ctrl-C, a closed pipe), the processes it started go too.
+const children = new Set();
+process.on('exit', () => { for (const c of children) c.kill('SIGKILL'); });
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGPIPE']) process.on(sig, () => process.exit(1));
+for (const s of [process.stdout, process.stderr]) s.on('error', () => {});
+
 /** Starts a process and resolves to {child, fields} once it prints `ready k=v ...`. */
 export function start(name, cmd, args, { timeoutMs = 30_000 } = {}) {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    child.on('exit', () => children.delete(child));
     let buf = '';
     let done = false;
     const timer = setTimeout(() => fail(new Error(`${name}: no ready line within ${timeoutMs} ms`)), timeoutMs);
