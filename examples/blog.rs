@@ -228,7 +228,9 @@ impl App {
             (&Method::GET, ["login"]) => Ok(login(req.uri().query())),
             (&Method::GET, ["js", file]) => Ok(static_file(&self.js_src, file)),
             (&Method::GET, ["vendor", "msgpack", file]) => Ok(static_file(&self.msgpack_dir, file)),
-            (&Method::GET, ["vendor", "msgpack", "utils", file]) => Ok(static_file(&self.msgpack_dir.join("utils"), file)),
+            (&Method::GET, ["vendor", "msgpack", "utils", file]) => {
+                Ok(static_file(&self.msgpack_dir.join("utils"), file))
+            }
             (&Method::GET, ["api", "me"]) => Ok(json_resp(StatusCode::OK, &json!({"user": user, "users": USERS}))),
             (&Method::GET, ["api", "posts"]) => self.posts(user).await,
             (_, ["api", ..]) if user.is_none() => {
@@ -270,15 +272,21 @@ impl App {
     async fn post(&self, user: &str, id: &str) -> anyhow::Result<Resp> {
         let Ok(id) = id.parse::<i64>() else { return Ok(error(StatusCode::NOT_FOUND, "no_post", "no such post")) };
         let db = self.db.lock().await;
-        let Some(post) = load_post(&db, id)? else { return Ok(error(StatusCode::NOT_FOUND, "no_post", "no such post")) };
+        let Some(post) = load_post(&db, id)? else {
+            return Ok(error(StatusCode::NOT_FOUND, "no_post", "no such post"));
+        };
         if let Err(reason) = post.may_read(user) {
-            return Ok(json_resp(StatusCode::FORBIDDEN, &json!({"error": "forbidden", "reason": reason, "post": {"id": post.id, "title": post.title}})));
+            return Ok(json_resp(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "forbidden", "reason": reason, "post": {"id": post.id, "title": post.title}}),
+            ));
         }
         let mut st = db.prepare(
             "SELECT id, post_id, parent_id, author, body, created_at FROM comments WHERE post_id = ?1 ORDER BY id",
         )?;
         let comments: Vec<Value> = st.query_map([id], comment_json)?.collect::<Result<_, _>>()?;
-        let seq: i64 = db.query_row("SELECT coalesce(max(seq), 0) FROM comments WHERE post_id = ?1", [id], |r| r.get(0))?;
+        let seq: i64 =
+            db.query_row("SELECT coalesce(max(seq), 0) FROM comments WHERE post_id = ?1", [id], |r| r.get(0))?;
         Ok(json_resp(StatusCode::OK, &json!({"post": post.json(), "comments": comments, "seq": seq})))
     }
 
@@ -302,7 +310,9 @@ impl App {
 
     fn mint(&self, user: &str, topic: &str) -> Resp {
         match self.issuer.mint(&format!("user:{user}"), &[topic], now_secs(), TOKEN_TTL) {
-            Ok(token) => json_resp(StatusCode::OK, &json!({"token": token, "topic": topic, "ttl": TOKEN_TTL.as_secs()})),
+            Ok(token) => {
+                json_resp(StatusCode::OK, &json!({"token": token, "topic": topic, "ttl": TOKEN_TTL.as_secs()}))
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "mint_failed", e.to_string()),
         }
     }
@@ -325,12 +335,18 @@ impl App {
         };
         let text = input.body.trim();
         if text.is_empty() || text.chars().count() > MAX_COMMENT_CHARS {
-            return Ok(error(StatusCode::BAD_REQUEST, "bad_comment", format!("a comment is 1..={MAX_COMMENT_CHARS} characters")));
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "bad_comment",
+                format!("a comment is 1..={MAX_COMMENT_CHARS} characters"),
+            ));
         }
         // One lock over store + publish: comments get seqs in the order of their ids, and a
         // page read sees every comment together with the seq that covers it.
         let db = self.db.lock().await;
-        let Some(post) = load_post(&db, id)? else { return Ok(error(StatusCode::NOT_FOUND, "no_post", "no such post")) };
+        let Some(post) = load_post(&db, id)? else {
+            return Ok(error(StatusCode::NOT_FOUND, "no_post", "no such post"));
+        };
         if let Err(reason) = post.may_read(user) {
             return Ok(error(StatusCode::FORBIDDEN, "forbidden", reason));
         }
@@ -338,11 +354,19 @@ impl App {
             None => None,
             Some(pid) => {
                 let a = db
-                    .query_row("SELECT author FROM comments WHERE id = ?1 AND post_id = ?2", params![pid, id], |r| r.get(0))
+                    .query_row("SELECT author FROM comments WHERE id = ?1 AND post_id = ?2", params![pid, id], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
                 match a {
                     Some(a) => Some(a),
-                    None => return Ok(error(StatusCode::BAD_REQUEST, "no_parent", "the comment replied to is not on this post")),
+                    None => {
+                        return Ok(error(
+                            StatusCode::BAD_REQUEST,
+                            "no_parent",
+                            "the comment replied to is not on this post",
+                        ));
+                    }
                 }
             }
         };
