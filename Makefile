@@ -19,6 +19,7 @@ test: services
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 	clients/test.sh
+	tests/e2e/run.sh
 	scripts/autobahn.sh
 
 lint:

@@ -47,7 +47,9 @@ export class JournalClient {
     if (!baseUrl) throw new TypeError('journal baseUrl is required');
     if (typeof fetchFn !== 'function') throw new TypeError('no fetch available: pass one');
     this.baseUrl = baseUrl.replace(/\/+$/, '');
-    this.fetch = fetchFn;
+    // Called as a plain function: a browser's fetch invoked as `this.fetch(...)` on another
+    // object throws "Illegal invocation".
+    this.fetch = (...args) => fetchFn(...args);
   }
 
   pageUrl(topic, after, limit) {
