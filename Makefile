@@ -15,7 +15,7 @@ run: release
 services:
 	scripts/services.sh rabbitmq postgres php prometheus systemd-analyze
 
-test: services
+test: services lint
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 	clients/test.sh
