@@ -22,6 +22,8 @@ cat > "$W/sb.toml" <<TOML
 listen = "127.0.0.1:0"
 workers = 2
 runtime_dir = "$W/run"
+[admin]
+listen = "127.0.0.1:0"
 [tokens]
 key_files = ["$W/keys"]
 [bus]
@@ -35,7 +37,7 @@ start_router() {
   "$BIN" router -c "$W/sb.toml" > "$W/router.out" 2> "$W/router.err" &
   RPID=$!
   for _ in $(seq 100); do grep -q '^ready router=' "$W/router.out" && break; sleep 0.1; done
-  ADDR=$(sed -n 's/^ready router=//p' "$W/router.out" | head -1)
+  ADDR=$(sed -n 's/^ready router=//p' "$W/router.out" | head -1 | cut -d' ' -f1)
   [ -n "$ADDR" ] || { echo "bench: router did not start" >&2; cat "$W/router.err" >&2; exit 1; }
   sleep 0.5
 }

@@ -506,8 +506,9 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
     let t0 = Instant::now();
     let clients = connect_all(cli, conns, |_| topic.clone(), tokens).await?;
     eprintln!("{} clients subscribed in {:.1?}", clients.len(), t0.elapsed());
-    // A probe envelope every 10 ms; each client notes whether it received one since (re)subscribing.
-    let alive: Rc<Vec<Cell<bool>>> = Rc::new((0..conns).map(|_| Cell::new(false)).collect());
+    // A probe envelope every 10 ms; a client counts as receiving once a frame arrived since
+    // it (re)subscribed (its counter is reset when its socket closes).
+    let alive: Rc<Vec<Rc<Cell<u64>>>> = Rc::new((0..conns).map(|_| Rc::new(Cell::new(0))).collect());
     let k = Counters::new();
     let reconnects = Rc::new(Cell::new(0u64));
     for (i, c) in clients.into_iter().enumerate() {
@@ -516,22 +517,9 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
         tokio::task::spawn_local(async move {
             let mut c = c;
             loop {
-                let mine = Rc::new(Cell::new(0));
-                let watch = {
-                    let (mine, alive) = (mine.clone(), alive.clone());
-                    tokio::task::spawn_local(async move {
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            if mine.get() > 0 {
-                                alive[i].set(true);
-                                return;
-                            }
-                        }
-                    })
-                };
+                let mine = alive[i].clone();
                 count_frames(&mut c, k.clone(), mine).await;
-                watch.abort();
-                alive[i].set(false);
+                alive[i].set(0);
                 // Reconnect until it works (the supervisor respawns the worker; the other one takes over).
                 loop {
                     match async {
@@ -566,8 +554,8 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let live_before = alive.iter().filter(|a| a.get()).count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let live_before = alive.iter().filter(|a| a.get() > 0).count();
     let workers = children(pid);
     let victim = *workers.first().context("the supervisor has no worker children")?;
     let kill_at = Instant::now();
@@ -579,7 +567,7 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
     let mut tl = Vec::new();
     while kill_at.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let live = alive.iter().filter(|a| a.get()).count();
+        let live = alive.iter().filter(|a| a.get() > 0).count();
         min_live = min_live.min(live);
         tl.push((kill_at.elapsed().as_secs_f64(), live as f64));
         if kill_at.elapsed().as_millis() % 1000 < 10 {
