@@ -219,7 +219,9 @@ impl Counters {
         Rc::new(Self {
             envelopes: Cell::new(0),
             gaps: Cell::new(0),
-            latency: std::cell::RefCell::new(hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds")),
+            latency: std::cell::RefCell::new(
+                hdrhistogram::Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds"),
+            ),
             closed: Cell::new(0),
         })
     }
@@ -299,9 +301,7 @@ fn children(pid: u32) -> Vec<u32> {
 fn latency_json(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let mut cdf = Vec::new();
-    for q in [
-        0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
-    ] {
+    for q in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0] {
         cdf.push(serde_json::json!([q, us(q)]));
     }
     serde_json::json!({
@@ -326,7 +326,7 @@ fn sampler(k: Rc<Counters>, label: &'static str) -> Rc<std::cell::RefCell<Vec<(f
             tl.borrow_mut().push((t0.elapsed().as_secs_f64(), (n - last.0) as f64 / dt));
             last = (n, Instant::now());
             tick += 1;
-            if tick % 10 == 0 {
+            if tick.is_multiple_of(10) {
                 let h = k.latency.borrow();
                 eprintln!(
                     "[{label} {:>5.1}s] delivered {n} ({:.0}/s), gaps {}, p50 {:.0} us, p99 {:.0} us",
@@ -356,7 +356,11 @@ async fn publish_load(cfg: &Config, a: &LoadArgs, names: &[String]) -> anyhow::R
     let start = Instant::now();
     // How many should have been published by now (paced) or everything (unpaced).
     let due = |sent: u64| -> u64 {
-        if a.rate == 0 { total } else { ((start.elapsed().as_secs_f64() * a.rate as f64) as u64 + 1).min(total).max(sent) }
+        if a.rate == 0 {
+            total
+        } else {
+            ((start.elapsed().as_secs_f64() * a.rate as f64) as u64 + 1).min(total).max(sent)
+        }
     };
     match a.via.as_str() {
         "local" => {
@@ -439,7 +443,12 @@ fn table(rows: &[(&str, String)]) {
     println!("+-{}-+-{}-+", "-".repeat(w), "-".repeat(24));
 }
 
-async fn run_load(cli: &Cli, cfg: &Config, a: &LoadArgs, tokens: &dyn Fn(&str) -> String) -> anyhow::Result<serde_json::Value> {
+async fn run_load(
+    cli: &Cli,
+    cfg: &Config,
+    a: &LoadArgs,
+    tokens: &dyn Fn(&str) -> String,
+) -> anyhow::Result<serde_json::Value> {
     let topics = a.topics.max(1);
     let names: Vec<String> = (0..topics).map(|t| format!("bench:{t}")).collect();
     let t0 = Instant::now();
@@ -474,7 +483,10 @@ async fn run_load(cli: &Cli, cfg: &Config, a: &LoadArgs, tokens: &dyn Fn(&str) -
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     table(&[
         ("scenario", format!("{}x{} via {}", topics, a.subs, a.via)),
-        ("payload / rate", format!("{} B / {}", a.payload, if a.rate == 0 { "max".into() } else { format!("{}/s", a.rate) })),
+        (
+            "payload / rate",
+            format!("{} B / {}", a.payload, if a.rate == 0 { "max".into() } else { format!("{}/s", a.rate) }),
+        ),
         ("published", format!("{published} in {pub_secs:.2} s")),
         ("publishes/s", format!("{:.0}", published as f64 / pub_secs.max(1e-9))),
         ("delivered", format!("{got} of {expected}")),
@@ -496,7 +508,13 @@ async fn run_load(cli: &Cli, cfg: &Config, a: &LoadArgs, tokens: &dyn Fn(&str) -
     }))
 }
 
-async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dyn Fn(&str) -> String) -> anyhow::Result<serde_json::Value> {
+async fn storm(
+    cli: &Cli,
+    conns: usize,
+    pid: u32,
+    timeout: Duration,
+    tokens: &dyn Fn(&str) -> String,
+) -> anyhow::Result<serde_json::Value> {
     let cfg = match &cli.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -512,7 +530,8 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
     let k = Counters::new();
     let reconnects = Rc::new(Cell::new(0u64));
     for (i, c) in clients.into_iter().enumerate() {
-        let (alive, k, token, topic, reconnects) = (alive.clone(), k.clone(), token.clone(), topic.clone(), reconnects.clone());
+        let (alive, k, token, topic, reconnects) =
+            (alive.clone(), k.clone(), token.clone(), topic.clone(), reconnects.clone());
         let (addr, sources) = (cli.addr, cli.sources);
         tokio::task::spawn_local(async move {
             let mut c = c;
@@ -548,7 +567,8 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
             loop {
                 let body = payload_with_ts(16);
                 let e = EnvelopeRef { topic: &topic, seq, id: "p", ts: 0, kind: "probe", payload: &body };
-                let _ = publisher.publish_counted(&[Routed { topic: topic.clone(), seq, frame: e.encode().into() }]).await;
+                let _ =
+                    publisher.publish_counted(&[Routed { topic: topic.clone(), seq, frame: e.encode().into() }]).await;
                 seq += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -571,7 +591,11 @@ async fn storm(cli: &Cli, conns: usize, pid: u32, timeout: Duration, tokens: &dy
         min_live = min_live.min(live);
         tl.push((kill_at.elapsed().as_secs_f64(), live as f64));
         if kill_at.elapsed().as_millis() % 1000 < 10 {
-            eprintln!("[storm {:.1}s] receiving {live} of {conns}, reconnects {}", kill_at.elapsed().as_secs_f64(), reconnects.get());
+            eprintln!(
+                "[storm {:.1}s] receiving {live} of {conns}, reconnects {}",
+                kill_at.elapsed().as_secs_f64(),
+                reconnects.get()
+            );
         }
         if live >= target && min_live < conns && kill_at.elapsed() > Duration::from_millis(200) {
             recovered = Some(kill_at.elapsed().as_secs_f64());
