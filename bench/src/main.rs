@@ -114,6 +114,9 @@ enum Cmd {
         pid: u32,
         #[arg(long, default_value_t = 15)]
         timeout_secs: u64,
+        /// Reconnects in flight at once after the kill; 0 = unlimited (every client at once).
+        #[arg(long, default_value_t = 0)]
+        reconnect_concurrency: usize,
     },
     /// Draws plots (SVG) from JSON results into a directory.
     Plot {
@@ -513,6 +516,7 @@ async fn storm(
     conns: usize,
     pid: u32,
     timeout: Duration,
+    reconnect_concurrency: usize,
     tokens: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<serde_json::Value> {
     let cfg = match &cli.config {
@@ -529,7 +533,15 @@ async fn storm(
     let alive: Rc<Vec<Rc<Cell<u64>>>> = Rc::new((0..conns).map(|_| Rc::new(Cell::new(0))).collect());
     let k = Counters::new();
     let reconnects = Rc::new(Cell::new(0u64));
+    let failures = Rc::new(Cell::new(0u64));
+    // Reconnects in flight at once, as a real client library would pace them (with jitter).
+    let gate = Rc::new(tokio::sync::Semaphore::new(if reconnect_concurrency == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        reconnect_concurrency
+    }));
     for (i, c) in clients.into_iter().enumerate() {
+        let (gate, failures) = (gate.clone(), failures.clone());
         let (alive, k, token, topic, reconnects) =
             (alive.clone(), k.clone(), token.clone(), topic.clone(), reconnects.clone());
         let (addr, sources) = (cli.addr, cli.sources);
@@ -541,6 +553,7 @@ async fn storm(
                 alive[i].set(0);
                 // Reconnect until it works (the supervisor respawns the worker; the other one takes over).
                 loop {
+                    let _permit = gate.acquire().await;
                     match async {
                         let mut c = connect(i, sources, addr).await?;
                         subscribe(&mut c, &topic, &token).await?;
@@ -553,7 +566,11 @@ async fn storm(
                             reconnects.set(reconnects.get() + 1);
                             break;
                         }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        Err(_) => {
+                            failures.set(failures.get() + 1);
+                            drop(_permit);
+                            tokio::time::sleep(Duration::from_millis(20)).await
+                        }
                     }
                 }
             }
@@ -609,10 +626,11 @@ async fn storm(
         ("receiving before kill", live_before.to_string()),
         ("lowest after kill", min_live.to_string()),
         ("reconnects", reconnects.get().to_string()),
+        ("failed reconnect attempts", failures.get().to_string()),
         ("time to 99.9 % receiving", rec),
     ]);
     Ok(serde_json::json!({
-        "conns": conns, "receiving_before": live_before, "min_receiving": min_live, "reconnects": reconnects.get(),
+        "conns": conns, "receiving_before": live_before, "min_receiving": min_live, "reconnects": reconnects.get(), "failed_attempts": failures.get(),
         "recovered_secs": recovered, "victim": victim, "timeline": tl,
     }))
 }
@@ -753,9 +771,10 @@ fn main() -> anyhow::Result<()> {
                 drop(clients);
                 ("connect", serde_json::json!({"conns": conns, "concurrency": cli.concurrency, "secs": secs, "per_s": rate, "mint_secs": mint_secs}))
             }
-            Cmd::Storm { conns, pid, timeout_secs } => {
-                ("storm", storm(&cli, *conns, *pid, Duration::from_secs(*timeout_secs), &tokens).await?)
-            }
+            Cmd::Storm { conns, pid, timeout_secs, reconnect_concurrency } => (
+                "storm",
+                storm(&cli, *conns, *pid, Duration::from_secs(*timeout_secs), *reconnect_concurrency, &tokens).await?,
+            ),
             Cmd::Plot { .. } => unreachable!(),
         };
         anyhow::Ok(r)
