@@ -11,7 +11,10 @@
 //! PostgreSQL restart while publishing, with more clients and longer phases.
 //!
 //! "Time to recover": from the end of the fault action until every client has delivered, per
-//! topic, the highest seq the journal had acknowledged at that moment.
+//! topic, the first envelope the journal acknowledged after it (so it includes reconnecting,
+//! resubscribing and reconciling). Payloads are 256 bytes, 12 KiB while the slow consumers
+//! are paused, so that they overflow their outbound queue (32 KiB) and the kernel buffers and
+//! get `gap` frames.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,13 +23,13 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use switchboard::client::verifying::{self, Options, Verifying};
 use support::{Env, Process};
+use switchboard::client::verifying::{self, Options, Verifying};
 
 const CREDENTIAL: &str = "chaos-credential-0123456789";
 
@@ -88,7 +91,7 @@ impl World {
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let text = format!(
             "[router]\nlisten = \"127.0.0.1:{rport}\"\nworkers = 2\nruntime_dir = \"run\"\ndrain_window_secs = 1\n\
-             shutdown_grace_secs = 3\noutbound_queue_bytes = 65536\n\
+             shutdown_grace_secs = 3\noutbound_queue_bytes = 32768\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n[tokens]\nkey_files = [\"keys\"]\n\
              [bus]\nkind = \"amqp\"\nexchange = \"switchboard.chaos.{nonce}\"\nheartbeat_secs = 2\nlocal_dir = \"run/bus\"\n\
              [journal]\nlisten = \"127.0.0.1:{jport}\"\nstore = \"postgres\"\n\
@@ -169,14 +172,26 @@ impl Drop for World {
 type Acked = Arc<Mutex<BTreeMap<String, Vec<u64>>>>;
 
 /// Publishes one envelope per topic per tick (a JSON batch) until `stop`; retries until acked.
-async fn publisher(journal: SocketAddr, topics: Vec<String>, tick: Duration, acked: Acked, stop: Arc<AtomicBool>) {
+async fn publisher(
+    journal: SocketAddr,
+    topics: Vec<String>,
+    tick: Duration,
+    acked: Acked,
+    stop: Arc<AtomicBool>,
+    pad: Arc<AtomicUsize>,
+) {
     let auth = format!("Bearer {CREDENTIAL}");
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
+        let pad = "x".repeat(pad.load(Ordering::Relaxed));
         let body = format!(
             "[{}]",
-            topics.iter().map(|t| format!(r#"{{"topic":"{t}","kind":"chaos","payload":{n}}}"#)).collect::<Vec<_>>().join(",")
+            topics
+                .iter()
+                .map(|t| format!(r#"{{"topic":"{t}","kind":"chaos","payload":"{n}{pad}"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         loop {
             let r = verifying::http(
@@ -223,7 +238,7 @@ impl Fault {
             Fault::KillWorker => "SIGKILL one router worker",
             Fault::CloseAmqp => "rabbitmqctl close_connection (workers)",
             Fault::KillRouter => "SIGKILL whole router + restart",
-            Fault::SlowConsumers => "slow consumers (stop reading 3 s)",
+            Fault::SlowConsumers => "slow consumers (stop reading 6 s)",
             Fault::DrainRestart => "SIGTERM drain + restart (reconnect storm)",
             Fault::RestartRabbit => "RabbitMQ stop_app/start_app",
             Fault::RestartPostgres => "PostgreSQL restart while publishing",
@@ -264,7 +279,11 @@ async fn journal_now(w: &World) -> BTreeMap<String, Vec<u64>> {
 }
 
 /// Lost and duplicated, over all clients, counting journal seqs up to `upto` per topic.
-fn lost_dups(clients: &[(Verifying, Vec<String>)], journal: &BTreeMap<String, Vec<u64>>, upto: &HashMap<String, u64>) -> (u64, u64) {
+fn lost_dups(
+    clients: &[(Verifying, Vec<String>)],
+    journal: &BTreeMap<String, Vec<u64>>,
+    upto: &HashMap<String, u64>,
+) -> (u64, u64) {
     let (mut lost, mut dups) = (0, 0);
     for (c, topics) in clients {
         let mine: BTreeMap<String, Vec<u64>> = topics
@@ -285,8 +304,15 @@ async fn chaos(faults: &[Fault], n_clients: usize, n_slow: usize, n_topics: usiz
     let mut w = tokio::task::block_in_place(|| World::start(n_topics));
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let pubtask =
-        tokio::spawn(publisher(w.journal_addr, w.topics.clone(), Duration::from_millis(20), acked.clone(), stop.clone()));
+    let pad = Arc::new(AtomicUsize::new(256));
+    let pubtask = tokio::spawn(publisher(
+        w.journal_addr,
+        w.topics.clone(),
+        Duration::from_millis(20),
+        acked.clone(),
+        stop.clone(),
+        pad.clone(),
+    ));
     // Client i subscribes to 2 or 3 topics, spread over all of them.
     let mut clients: Vec<(Verifying, Vec<String>)> = (0..n_clients + n_slow)
         .map(|i| {
@@ -326,7 +352,9 @@ async fn chaos(faults: &[Fault], n_clients: usize, n_slow: usize, n_topics: usiz
                 for &i in &slow {
                     clients[i].0.paused.store(true, Ordering::SeqCst);
                 }
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                pad.store(12 * 1024, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                pad.store(256, Ordering::Relaxed);
                 for &i in &slow {
                     clients[i].0.paused.store(false, Ordering::SeqCst);
                 }
@@ -342,10 +370,18 @@ async fn chaos(faults: &[Fault], n_clients: usize, n_slow: usize, n_topics: usiz
             }),
         }
         let t0 = Instant::now();
-        let target = heads(&acked);
+        // The target: the first batch acknowledged after the fault, on every topic.
+        let before = heads(&acked);
+        let mut target = before.clone();
+        while target.iter().any(|(t, s)| *s <= before[t]) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "{}: publishing stalled", f.name());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            target = heads(&acked);
+        }
         let deadline = t0 + Duration::from_secs(90);
         loop {
-            let done = clients.iter().all(|(c, ts)| ts.iter().all(|t| c.last(t) >= target.get(t).copied().unwrap_or(0)));
+            let done =
+                clients.iter().all(|(c, ts)| ts.iter().all(|t| c.last(t) >= target.get(t).copied().unwrap_or(0)));
             if done {
                 break;
             }
@@ -387,6 +423,13 @@ async fn chaos(faults: &[Fault], n_clients: usize, n_slow: usize, n_topics: usiz
         let have: std::collections::HashSet<u64> = journal[t].iter().copied().collect();
         assert!(seqs.iter().all(|s| have.contains(s)), "an acknowledged envelope of {t} is missing from the journal");
     }
+    let total = |f: fn(&verifying::Stats) -> u64| clients.iter().map(|(c, _)| f(&c.stats)).sum::<u64>();
+    let (gaps, resyncs, connects) = (
+        total(|s| s.gaps.load(Ordering::Relaxed)),
+        total(|s| s.resyncs.load(Ordering::Relaxed)),
+        total(|s| s.connects.load(Ordering::Relaxed)),
+    );
+    println!("\nclients saw {gaps} gap frames, {resyncs} resync frames, made {connects} connections");
     let (mut lost, mut dups, mut expected) = (0, 0, 0);
     for (c, topics) in clients.drain(..) {
         let rec = c.finish().await.unwrap();
@@ -422,7 +465,8 @@ async fn chaos(faults: &[Fault], n_clients: usize, n_slow: usize, n_topics: usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_bounded() {
     use Fault::*;
-    chaos(&[None, KillWorker, CloseAmqp, KillRouter, SlowConsumers, DrainRestart], 12, 3, 4, Duration::from_secs(6)).await;
+    chaos(&[None, KillWorker, CloseAmqp, KillRouter, SlowConsumers, DrainRestart], 12, 3, 4, Duration::from_secs(6))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,7 +474,17 @@ async fn chaos_bounded() {
 async fn chaos_full() {
     use Fault::*;
     chaos(
-        &[None, KillWorker, CloseAmqp, KillRouter, SlowConsumers, DrainRestart, RestartRabbit, RestartPostgres, KillWorker],
+        &[
+            None,
+            KillWorker,
+            CloseAmqp,
+            KillRouter,
+            SlowConsumers,
+            DrainRestart,
+            RestartRabbit,
+            RestartPostgres,
+            KillWorker,
+        ],
         40,
         10,
         8,
