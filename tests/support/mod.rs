@@ -81,7 +81,7 @@ impl Env {
         let lines =
             |s: &str| self.sections.iter().filter(|(n, _)| n == s).map(|(_, l)| format!("{l}\n")).collect::<String>();
         let text = format!(
-            "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{}\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
+            "[router]\nlisten = \"127.0.0.1:0\"\nruntime_dir = \"run\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n[tokens]\nkey_files = [\"keys\"]\n{}\n\
              [bus]\nlocal_dir = \"run/bus\"\n{}\n[journal]\nlisten = \"127.0.0.1:0\"\nsqlite_path = \"run/journal.sqlite\"\n{}",
             lines("router"),
             lines("tokens"),
