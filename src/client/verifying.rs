@@ -194,10 +194,10 @@ async fn session(
                 }
             }
             Some(ServerFrame::Ok { id, last_seq: Some(s) }) => {
-                if let Some(t) = ids.get(&id) {
-                    if s > rec.lock().map(|r| r.last(t)).unwrap_or(0) {
-                        pending.push((*t).to_owned());
-                    }
+                if let Some(t) = ids.get(&id)
+                    && s > rec.lock().map(|r| r.last(t)).unwrap_or(0)
+                {
+                    pending.push((*t).to_owned());
                 }
             }
             Some(ServerFrame::Gap { topic, .. }) => {
