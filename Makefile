@@ -32,5 +32,10 @@ bench: release
 fuzz:
 	scripts/fuzz.sh $(or $(SECONDS),30)
 
+# The long chaos run (tests/chaos.rs `chaos_full`): restarts the shared RabbitMQ and
+# PostgreSQL, so run it alone. The bounded subset (`chaos_bounded`) is part of `make test`.
+chaos: services
+	$(CARGO) test --release --test chaos -- --ignored --nocapture chaos_full
+
 install: release
 	scripts/install.sh

@@ -15,6 +15,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::wire::{ClientFrame, ServerFrame};
 
+pub mod verifying;
+
 /// WebSocket opcodes (RFC 6455 section 5.2).
 pub mod op {
     pub const CONTINUATION: u8 = 0x0;

@@ -264,6 +264,17 @@ fn parse_json(body: &[u8]) -> Result<Parsed, ApiError> {
     }
 }
 
+/// One envelope of a publish request: `(topic, kind, payload)`.
+pub type PublishItem = (String, String, Vec<u8>);
+
+/// Parses a publish body, JSON (`msgpack == false`) or MessagePack: the `(topic, kind,
+/// payload)` items and whether they came as a batch. Pure (no I/O); exposed for the fuzz target.
+/// The per-field limits (topic, kind, payload size) are checked after this, by the handler.
+pub fn parse_publish(body: &[u8], msgpack: bool) -> Result<(Vec<PublishItem>, bool), ApiError> {
+    let p = if msgpack { parse_msgpack(body)? } else { parse_json(body)? };
+    Ok((p.items, p.batch))
+}
+
 fn is_str_marker(b: u8) -> bool {
     matches!(b, 0xa0..=0xbf | 0xd9 | 0xda | 0xdb)
 }
