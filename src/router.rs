@@ -29,6 +29,7 @@ pub mod admin;
 pub mod auth;
 pub mod drain;
 pub mod exporter;
+pub mod heap;
 pub mod inbound;
 pub mod ledger;
 pub mod listener;

@@ -153,6 +153,9 @@ pub struct Worker {
     sessions: RefCell<Vec<Option<Rc<Session>>>>,
     free: RefCell<Vec<ConnId>>,
     live: Cell<usize>,
+    /// Connections opened plus closed so far: a burst of either is followed by a heap trim.
+    churn: Cell<u64>,
+    trimmer: RefCell<super::heap::Trimmer>,
     /// Subscriptions by the second after which their token is expired: the shared wheel.
     expiry: RefCell<Wheel>,
     /// Entries in `expiry`, stale ones (closed connections, renewed subscriptions) included.
@@ -177,6 +180,8 @@ impl Worker {
             sessions: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
+            churn: Cell::new(0),
+            trimmer: RefCell::new(super::heap::Trimmer::default()),
             expiry: RefCell::new(BTreeMap::new()),
             wheel_len: Cell::new(0),
             consumer: RefCell::new(None),
@@ -226,6 +231,7 @@ impl Worker {
         {
             self.free.borrow_mut().push(id);
             self.live.set(self.live.get() - 1);
+            self.churn.set(self.churn.get() + 1);
             metrics::counter!(m::CLOSES, "reason" => "ended").increment(1);
         }
     }
@@ -392,6 +398,9 @@ impl Worker {
         self.compact_wheel();
         self.keepalive();
         self.auth.sweep(now);
+        if self.trimmer.borrow_mut().due(self.churn.get(), now) {
+            super::heap::trim();
+        }
         let l = self.ledger.borrow();
         metrics::gauge!(m::CONNECTIONS).set(self.live.get() as f64);
         metrics::gauge!(m::SUBSCRIPTIONS).set(l.subscription_count() as f64);
@@ -483,6 +492,7 @@ impl Endpoint for Worker {
             sessions[id as usize] = Some(s.clone());
         }
         self.live.set(self.live.get() + 1);
+        self.churn.set(self.churn.get() + 1);
         Ok(s)
     }
 }
