@@ -120,7 +120,7 @@ async fn bad_handshakes_get_a_status_and_a_reason() {
     assert!(body.contains("not a WebSocket request"), "{body}");
     let v8 = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let (s, body) = refused(addr, v8).await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 426, "RFC 6455 4.2.2: Upgrade Required");
     assert!(body.contains("version"), "{body}");
     let nokey =
         "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";

@@ -2,8 +2,9 @@
 //!
 //! hyper 1 serves the request (with `header_read_timeout` as the handshake timeout, which only
 //! works with a timer set); the checks of RFC 6455 section 4.2.1 are done here, so that each
-//! refusal has a status and a reason in its body: wrong path 404, anything that is not a
-//! well-formed version-13 upgrade 400, a full worker 503. The 101 is built here too (instead
+//! refusal has a status and a reason in its body: wrong path 404, a WebSocket version other
+//! than 13 426 (with `Sec-WebSocket-Version: 13`), anything else that is not a well-formed
+//! upgrade 400, a full worker 503. The 101 is built here too (instead
 //! of `fastwebsockets::upgrade::upgrade`) because the upgraded connection is then downcast
 //! back to the `TcpStream` it came from: the session gets owned halves with no lock and no
 //! boxed I/O between it and the socket (tech-notes section 1, "zero-lock split").
@@ -161,7 +162,9 @@ fn respond<E: Endpoint, T: Transport>(ep: &Rc<E>, mut req: Request<Incoming>) ->
         );
     }
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        let mut r = refuse(StatusCode::BAD_REQUEST, "unsupported WebSocket version: only 13 is spoken", "bad_version");
+        // RFC 6455 section 4.2.2: 426 with the versions this server speaks.
+        let mut r =
+            refuse(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version: only 13 is spoken", "bad_version");
         r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;
     }
