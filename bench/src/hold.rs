@@ -10,8 +10,10 @@
 //! exits.
 //!
 //! With `--reconnect` (the storm) a client whose socket closes reconnects: after a random
-//! jitter, through a per-process gate (`--reconnect-concurrency`), each attempt bounded by
-//! `--attempt-timeout-ms` so a stalled SYN or handshake does not hold a client forever.
+//! jitter (`--jitter-ms`), then after each failure an exponential backoff with full jitter
+//! (`--retry-ms`, `--retry-cap-ms`), through a per-process gate (`--reconnect-concurrency`),
+//! each attempt bounded by `--attempt-timeout-ms` so a stalled SYN or handshake does not
+//! hold a client forever.
 //! Failed attempts are counted by kind (`conn.rs`).
 //!
 //! Invariant: `live` counts the connections whose `mine` is nonzero, i.e. that received an
@@ -60,9 +62,13 @@ pub struct HoldArgs {
     /// Random delay before a reconnect, uniform in 0..=jitter ms (as client libraries do).
     #[arg(long, default_value_t = 50)]
     pub jitter_ms: u64,
-    /// Pause after a failed attempt before the next (plus a new jitter).
-    #[arg(long, default_value_t = 20)]
+    /// After the n-th failed attempt in a row, wait uniform in 0..=min(cap, retry * 2^(n-1))
+    /// ms: exponential backoff with full jitter, as clients/js/src/backoff.js (there 500 ms
+    /// and 30 s). A fixed short pause would make every timed-out client come back at once.
+    #[arg(long, default_value_t = 100)]
     pub retry_ms: u64,
+    #[arg(long, default_value_t = 3000)]
+    pub retry_cap_ms: u64,
     /// Bound on one reconnect attempt: TCP connect, upgrade and subscribe.
     #[arg(long, default_value_t = 2000)]
     pub attempt_timeout_ms: u64,
@@ -97,6 +103,8 @@ struct State {
     /// Envelopes per held connection since its last (re)subscribe (index: i - first).
     mine: Vec<Cell<u64>>,
     reconnects: Cell<u64>,
+    /// Connections open and subscribed now.
+    subscribed: Cell<u64>,
     fails: RefCell<BTreeMap<String, u64>>,
     expect: u64,
 }
@@ -115,9 +123,11 @@ impl State {
             live,
             complete,
             reconnects: self.reconnects.get(),
+            subscribed: self.subscribed.get(),
             last_ns: self.k.last_ns.get(),
             p50_us: h.value_at_quantile(0.5) / 1000,
             p99_us: h.value_at_quantile(0.99) / 1000,
+            cpu_ms: cpu_ms(),
             fails: self.fails.borrow().clone(),
         }
     }
@@ -125,6 +135,15 @@ impl State {
     fn fail(&self, kind: String) {
         *self.fails.borrow_mut().entry(kind).or_default() += 1;
     }
+}
+
+/// CPU time (user + system) of this process so far, ms.
+fn cpu_ms() -> u64 {
+    // SAFETY: getrusage only writes the struct we pass; RUSAGE_SELF is always valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
 }
 
 /// Runs a holder to the end. Errors are printed by the caller as `error <text>`.
@@ -188,6 +207,7 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
             k: Counters::default(),
             mine: (0..h.count).map(|_| Cell::new(0)).collect(),
             reconnects: Cell::new(0),
+            subscribed: Cell::new(0),
             fails: RefCell::new(BTreeMap::new()),
             expect: h.expect,
         });
@@ -223,7 +243,12 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
             }
             for task in tasks {
                 match task.await.context("client task")? {
-                    Ok(c) => clients.push(c),
+                    Ok(c) => {
+                        clients.push(c);
+                        if h.topics > 0 {
+                            st.subscribed.set(st.subscribed.get() + 1);
+                        }
+                    }
                     Err((k, e)) => anyhow::bail!("connection {k} to {}: {e}", t.addr),
                 }
             }
@@ -248,19 +273,24 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
                 loop {
                     conn::count_frames(&mut c, &st.k, &st.mine[j]).await;
                     st.mine[j].set(0);
+                    if h.topics > 0 {
+                        st.subscribed.set(st.subscribed.get() - 1);
+                    }
                     if !h.reconnect {
                         return;
                     }
                     // Reconnect until it works: the supervisor respawns the worker, the other
                     // workers take new connections meanwhile.
-                    let mut pause = 0;
+                    let mut ceiling = h.jitter_ms;
                     c = loop {
-                        tokio::time::sleep(Duration::from_millis(pause + rng.below(h.jitter_ms + 1))).await;
-                        pause = h.retry_ms;
+                        tokio::time::sleep(Duration::from_millis(rng.below(ceiling + 1))).await;
+                        ceiling = if ceiling < h.retry_ms { h.retry_ms } else { ceiling.saturating_mul(2) }
+                            .min(h.retry_cap_ms.max(h.retry_ms));
                         let Ok(_permit) = gate.acquire().await else { return };
                         match conn::open(i, sources, addr, &topic, &token, h.attempt_timeout_ms).await {
                             Ok(n) => {
                                 st.reconnects.set(st.reconnects.get() + 1);
+                                st.subscribed.set(st.subscribed.get() + 1);
                                 break n;
                             }
                             Err(e) => st.fail(e.kind()),

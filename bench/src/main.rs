@@ -139,12 +139,18 @@ enum Cmd {
         /// Random delay before each reconnect attempt, uniform in 0..=JITTER ms.
         #[arg(long, default_value_t = 50)]
         jitter_ms: u64,
-        /// Pause after a failed attempt (plus a new jitter).
-        #[arg(long, default_value_t = 20)]
+        /// Backoff after failed attempts: uniform in 0..=min(cap, RETRY * 2^(n-1)) ms after the
+        /// n-th failure in a row (full jitter, as clients/js/src/backoff.js).
+        #[arg(long, default_value_t = 100)]
         retry_ms: u64,
+        #[arg(long, default_value_t = 3000)]
+        retry_cap_ms: u64,
         /// Bound on one reconnect attempt (TCP connect, upgrade, subscribe).
         #[arg(long, default_value_t = 2000)]
         attempt_timeout_ms: u64,
+        /// A probe envelope to every client this often: the resolution of "receiving again".
+        #[arg(long, default_value_t = 100)]
+        probe_ms: u64,
     },
     /// Draws plots (SVG) from JSON results into a directory.
     Plot {
@@ -233,7 +239,17 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 ("idle", scenario::idle(&g, *conns, *topics, *pid, procs(1), tick(100)).await?)
             }
             Cmd::Connect { conns } => ("connect", scenario::connect(&g, *conns, procs(1), tick(100)).await?),
-            Cmd::Storm { conns, pid, timeout_secs, reconnect_concurrency, jitter_ms, retry_ms, attempt_timeout_ms } => {
+            Cmd::Storm {
+                conns,
+                pid,
+                timeout_secs,
+                reconnect_concurrency,
+                jitter_ms,
+                retry_ms,
+                retry_cap_ms,
+                attempt_timeout_ms,
+                probe_ms,
+            } => {
                 let s = scenario::StormSpec {
                     conns: *conns,
                     pid: *pid,
@@ -241,7 +257,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     reconnect_concurrency: *reconnect_concurrency,
                     jitter_ms: *jitter_ms,
                     retry_ms: *retry_ms,
+                    retry_cap_ms: *retry_cap_ms,
                     attempt_timeout_ms: *attempt_timeout_ms,
+                    probe_ms: *probe_ms,
                 };
                 ("storm", scenario::storm(&g, &cfg, &s, procs(conns.div_ceil(15_000)), tick(10)).await?)
             }

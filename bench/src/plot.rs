@@ -1,7 +1,7 @@
 //! `switchboard-bench plot`: SVG charts from the scenarios' JSON files.
 //!
 //! Per file: the latency CDF (if it has one) and the timeline (deliveries/s over time, or
-//! for the storm clients receiving over time with the kill at t = 0). Across files: every
+//! for the storm clients subscribed and receiving over time with the kill at t = 0). Across files: every
 //! latency CDF on one chart (`latency-cdf-paced.svg`, runs with a `--rate` only), so the local
 //! bus and RabbitMQ runs sit side by side. SVG only: plotters' bitmap backend needs a font library (system fontconfig
 //! and freetype through font-kit) to draw any text.
@@ -51,15 +51,15 @@ fn draw_cdfs(path: &Path, title: &str, series: &[(String, Pts)]) -> anyhow::Resu
     Ok(())
 }
 
-fn draw_timeline(path: &Path, stem: &str, storm: bool, pts: Pts) -> anyhow::Result<()> {
+fn draw_timeline(path: &Path, stem: &str, storm: bool, pts: Pts, sub: Option<Pts>) -> anyhow::Result<()> {
     let xmin = pts.iter().map(|p| p.0).fold(0.0, f64::min);
     let xmax = pts.iter().map(|p| p.0).fold(0.1, f64::max);
     let ymax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
-    let ylabel = if storm { "clients receiving" } else { "deliveries/s" };
+    let ylabel = if storm { "clients" } else { "deliveries/s" };
     let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = if storm {
-        format!("{stem}: clients receiving, worker killed at t = 0")
+        format!("{stem}: clients subscribed and receiving, worker killed at t = 0")
     } else {
         format!("{stem}: {ylabel} over time")
     };
@@ -73,7 +73,20 @@ fn draw_timeline(path: &Path, stem: &str, storm: bool, pts: Pts) -> anyhow::Resu
     if storm {
         ch.draw_series(LineSeries::new(vec![(0.0, 0.0), (0.0, ymax)], BLACK.mix(0.5)))?;
     }
-    ch.draw_series(LineSeries::new(pts, RED.stroke_width(2)))?;
+    let label = if storm { "receiving (an envelope since the last subscribe)" } else { ylabel };
+    ch.draw_series(LineSeries::new(pts, RED.stroke_width(2)))?
+        .label(label)
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    if let Some(sub) = sub {
+        ch.draw_series(LineSeries::new(sub, BLUE.stroke_width(1)))?
+            .label("subscribed")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(1)));
+        ch.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
     root.present()?;
     eprintln!("wrote {}", path.display());
     Ok(())
@@ -100,10 +113,13 @@ pub fn plot(out: &Path, files: &[PathBuf]) -> anyhow::Result<()> {
                 all_cdfs.push((stem.clone(), pts));
             }
         }
-        if let Some(tl) = r["timeline"].as_array().filter(|t| !t.is_empty()) {
-            let pts: Pts = tl.iter().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect();
+        let series = |key: &str| -> Option<Pts> {
+            let tl = r[key].as_array().filter(|t| !t.is_empty())?;
+            Some(tl.iter().filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?))).collect())
+        };
+        if let Some(pts) = series("timeline") {
             let storm = v["scenario"] == "storm";
-            draw_timeline(&out.join(format!("{stem}-timeline.svg")), &stem, storm, pts)?;
+            draw_timeline(&out.join(format!("{stem}-timeline.svg")), &stem, storm, pts, series("timeline_subscribed"))?;
         }
     }
     if all_cdfs.len() > 1 {

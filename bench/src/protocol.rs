@@ -41,6 +41,8 @@ pub struct Tick {
     pub gaps: u64,
     /// Connections that received an envelope since they last (re)subscribed.
     pub live: u64,
+    /// Connections open and subscribed (the subscribe was answered `ok`), envelope or not.
+    pub subscribed: u64,
     /// Connections that received exactly the expected number of envelopes (`--expect`).
     pub complete: u64,
     /// Successful reconnects (storm).
@@ -50,6 +52,9 @@ pub struct Tick {
     /// Latency quantiles so far, us (a sum takes the worst holder: for the progress line only).
     pub p50_us: u64,
     pub p99_us: u64,
+    /// CPU time (user + system) the holder used so far, ms (a sum adds them up): shows
+    /// whether the holders, not the router, were the limit.
+    pub cpu_ms: u64,
     /// Failed (re)connect attempts by kind (`refused`, `timeout`, `http_503`, ...).
     pub fails: BTreeMap<String, u64>,
 }
@@ -57,16 +62,18 @@ pub struct Tick {
 impl Tick {
     pub fn to_line(&self) -> String {
         let mut s = format!(
-            "tick n={} env={} gaps={} live={} complete={} rec={} last_ns={} p50={} p99={}",
+            "tick n={} env={} gaps={} live={} sub={} complete={} rec={} last_ns={} p50={} p99={} cpu_ms={}",
             self.n,
             self.envelopes,
             self.gaps,
             self.live,
+            self.subscribed,
             self.complete,
             self.reconnects,
             self.last_ns,
             self.p50_us,
-            self.p99_us
+            self.p99_us,
+            self.cpu_ms
         );
         for (k, v) in &self.fails {
             s.push_str(&format!(" fail:{k}={v}"));
@@ -90,11 +97,13 @@ impl Tick {
                 "env" => t.envelopes = v,
                 "gaps" => t.gaps = v,
                 "live" => t.live = v,
+                "sub" => t.subscribed = v,
                 "complete" => t.complete = v,
                 "rec" => t.reconnects = v,
                 "last_ns" => t.last_ns = v,
                 "p50" => t.p50_us = v,
                 "p99" => t.p99_us = v,
+                "cpu_ms" => t.cpu_ms = v,
                 _ => {
                     if let Some(kind) = k.strip_prefix("fail:") {
                         t.fails.insert(kind.to_owned(), v);
@@ -111,11 +120,13 @@ impl Tick {
         self.envelopes += o.envelopes;
         self.gaps += o.gaps;
         self.live += o.live;
+        self.subscribed += o.subscribed;
         self.complete += o.complete;
         self.reconnects += o.reconnects;
         self.last_ns = self.last_ns.max(o.last_ns);
         self.p50_us = self.p50_us.max(o.p50_us);
         self.p99_us = self.p99_us.max(o.p99_us);
+        self.cpu_ms += o.cpu_ms;
         for (k, v) in &o.fails {
             *self.fails.entry(k.clone()).or_default() += v;
         }
@@ -156,7 +167,16 @@ mod tests {
 
     #[test]
     fn tick_round_trips_and_sums() {
-        let mut a = Tick { n: 3, envelopes: 10, live: 2, last_ns: 5, p99_us: 7, ..Default::default() };
+        let mut a = Tick {
+            n: 3,
+            envelopes: 10,
+            live: 2,
+            subscribed: 4,
+            last_ns: 5,
+            p99_us: 7,
+            cpu_ms: 8,
+            ..Default::default()
+        };
         a.fails.insert("http_503".into(), 4);
         assert_eq!(Tick::parse(&a.to_line()).unwrap(), a);
         let mut b = Tick { n: 3, envelopes: 1, live: 1, last_ns: 9, p99_us: 2, ..Default::default() };
