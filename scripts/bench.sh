@@ -8,7 +8,7 @@
 #   ONLY="fanout idle" scripts/bench.sh       # some scenarios (names below)
 #   STORM_CONNS=10000 scripts/bench.sh        # a smaller storm
 #
-# Local bus: fanout fanout10 topics publisher http idle connect storm
+# Local bus: fanout fanout10 topics publisher http idle connect storm storm-probe500
 # RabbitMQ:  amqp-fanout amqp-topics amqp-storm (skipped, loudly, when no broker can be had)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ B=target/release/switchboard-bench
 OUT=bench/out
 mkdir -p "$OUT"
 [ -x "$BIN" ] && [ -x "$B" ] || { echo "bench: build first (make release)" >&2; exit 1; }
-ONLY=${ONLY:-"fanout fanout10 topics publisher http idle connect storm amqp-fanout amqp-topics amqp-storm"}
+ONLY=${ONLY:-"fanout fanout10 topics publisher http idle connect storm storm-probe500 amqp-fanout amqp-topics amqp-storm"}
 STORM_CONNS=${STORM_CONNS:-20000}
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 ulimit -n "$(ulimit -Hn)"
@@ -106,7 +106,7 @@ want_any() { for s in "$@"; do want "$s" && return 0; done; return 1; }
 T0=$SECONDS
 
 # ---------------------------------------------------------------- the local bus
-if want_any fanout fanout10 topics publisher http idle connect storm; then
+if want_any fanout fanout10 topics publisher http idle connect storm storm-probe500; then
   start_router "$W/sb.toml"
   want fanout && run fanout fanout --subs 2000 --envelopes 1000 --payload 100 --batch 256
   if want fanout10; then
@@ -126,9 +126,16 @@ if want_any fanout fanout10 topics publisher http idle connect storm; then
   fi
   want idle && run idle idle --conns 10000 --topics 100 --pid "$RPID"
   want connect && run connect connect --conns 10000
+  # A fresh router for each storm (a worker killed twice within 30 s is respawned late).
+  # The probe (one envelope to every client every --probe-ms) is all the traffic there is:
+  # 100 ms is 200k deliveries/s at 20,000 clients, 500 ms a light 40k/s.
   if want storm; then
     stop_router; start_router "$W/sb.toml"
     run storm storm --conns "$STORM_CONNS" --pid "$RPID" --timeout-secs 15
+  fi
+  if want storm-probe500; then
+    stop_router; start_router "$W/sb.toml"
+    run storm-probe500 storm --conns "$STORM_CONNS" --pid "$RPID" --timeout-secs 15 --probe-ms 500
   fi
   stop_router
   echo "bench: local set done after $((SECONDS - T0)) s" >&2
