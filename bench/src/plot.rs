@@ -12,6 +12,18 @@ use plotters::prelude::*;
 
 type Pts = Vec<(f64, f64)>;
 
+/// Line colours that read on white (matplotlib's tab10 without its yellow and grey).
+const TAB10: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
 /// CDF points (latency us, fraction) of a result, if it has a non-empty latency.
 fn cdf_points(r: &serde_json::Value) -> Option<Pts> {
     let cdf = r["latency"]["cdf"].as_array().filter(|c| !c.is_empty() && r["latency"]["count"].as_u64() > Some(0))?;
@@ -33,7 +45,7 @@ fn draw_cdfs(path: &Path, title: &str, series: &[(String, Pts)]) -> anyhow::Resu
         .build_cartesian_2d((xmin..xmax).log_scale(), 0.0..1.0)?;
     ch.configure_mesh().x_desc("latency (us, log)").y_desc("fraction of deliveries").draw()?;
     for (i, (name, pts)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = TAB10[i % TAB10.len()].to_rgba();
         ch.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
