@@ -65,6 +65,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         "consume" => consume_scenario(&a),
         "latency" => latency_scenario(&a),
         "buckets" => buckets_scenario(&a),
+        "delete-exchange" => delete_exchange_cmd(&a),
         "all" => {
             publish_scenario(&a)?;
             consume_scenario(&a)?;
@@ -76,7 +77,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
                 "usage: switchboard-bench amqp (publish|consume|latency|buckets|all) [--url URL] [--size BYTES]\n\
                  \x20 publish: --n 100000   consume: --n 100000 --prefetch 1024\n\
                  \x20 latency: --rate 1000 --secs 10\n\
-                 \x20 buckets: --n 100000 --topics 10000 --interest-every 100 --bucket-counts 1024,16384"
+                 \x20 buckets: --n 100000 --topics 10000 --interest-every 100 --bucket-counts 1024,16384\n\
+                 \x20 delete-exchange --exchange NAME: removes NAME and NAME.buckets (a bench run's router exchange)"
             );
             Ok(())
         }
@@ -355,6 +357,29 @@ async fn delete_exchange(url: &str, name: &str) {
         }
     }
     let _ = conn.close(200, "bye".into()).await;
+}
+
+/// `amqp delete-exchange --exchange NAME`: removes a bench router's exchanges (routers declare
+/// them durable and never delete them; scripts/bench.sh names one per run).
+fn delete_exchange_cmd(a: &Args) -> anyhow::Result<()> {
+    let name = a.get("exchange").context("--exchange NAME")?.to_owned();
+    if !name.starts_with("sbbench.") {
+        bail!("--exchange {name}: only bench exchanges (sbbench.*) are deleted here");
+    }
+    let url = a.get("url").unwrap_or(DEFAULT_URL).to_owned();
+    runtime()?.block_on(async {
+        let conn = lapin::Connection::connect(&url, Default::default()).await.context("connecting to RabbitMQ")?;
+        let ch = conn.create_channel().await?;
+        ch.exchange_delete(name.as_str().into(), Default::default())
+            .await
+            .with_context(|| format!("deleting {name}"))?;
+        // The bucket exchange exists only under routing = "buckets"; RabbitMQ deletes a missing
+        // exchange without complaint.
+        let _ = ch.exchange_delete(format!("{name}.buckets").as_str().into(), Default::default()).await;
+        let _ = conn.close(200, "bye".into()).await;
+        println!("deleted exchange {name}");
+        anyhow::Ok(())
+    })
 }
 
 /// Publishes `n` envelopes over `topics` topics in batches; returns (wall time, publisher CPU).
