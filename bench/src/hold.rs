@@ -70,7 +70,7 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 3000)]
     pub retry_cap_ms: u64,
     /// Bound on one reconnect attempt: TCP connect, upgrade and subscribe.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     pub attempt_timeout_ms: u64,
     /// Bound on one connection of the initial connect (then the holder fails).
     #[arg(long, default_value_t = 10_000)]
@@ -269,9 +269,13 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
             let (i, topic, token) = (h.first + j, topic_of(h.first + j), tokens[j].clone());
             let (addr, sources) = (t.addr, t.sources);
             readers.push(tokio::task::spawn_local(async move {
-                let mut c = c;
+                let mut c = Some(c);
                 loop {
-                    conn::count_frames(&mut c, &st.k, &st.mine[j]).await;
+                    if let Some(mut old) = c.take() {
+                        conn::count_frames(&mut old, &st.k, &st.mine[j]).await;
+                        // Dropped before reconnecting: holding the dead socket while the new
+                        // one opens doubled the fds a holder needs (EMFILE at 20,000 once).
+                    }
                     st.mine[j].set(0);
                     if h.topics > 0 {
                         st.subscribed.set(st.subscribed.get() - 1);
@@ -282,7 +286,7 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
                     // Reconnect until it works: the supervisor respawns the worker, the other
                     // workers take new connections meanwhile.
                     let mut ceiling = h.jitter_ms;
-                    c = loop {
+                    c = Some(loop {
                         tokio::time::sleep(Duration::from_millis(rng.below(ceiling + 1))).await;
                         ceiling = if ceiling < h.retry_ms { h.retry_ms } else { ceiling.saturating_mul(2) }
                             .min(h.retry_cap_ms.max(h.retry_ms));
@@ -295,7 +299,7 @@ pub fn run(t: &Target, key: &std::path::Path, h: &HoldArgs) -> anyhow::Result<()
                             }
                             Err(e) => st.fail(e.kind()),
                         }
-                    };
+                    });
                 }
             }));
         }

@@ -145,8 +145,10 @@ enum Cmd {
         retry_ms: u64,
         #[arg(long, default_value_t = 3000)]
         retry_cap_ms: u64,
-        /// Bound on one reconnect attempt (TCP connect, upgrade, subscribe).
-        #[arg(long, default_value_t = 2000)]
+        /// Bound on one reconnect attempt (TCP connect, upgrade, subscribe); 10 s as the JS
+        /// client's `connectTimeoutMs`. A short bound turns a storm into a retry storm: the
+        /// abandoned handshakes stay in the accept queue and are served for nobody.
+        #[arg(long, default_value_t = 10_000)]
         attempt_timeout_ms: u64,
         /// A probe envelope to every client this often: the resolution of "receiving again".
         #[arg(long, default_value_t = 100)]

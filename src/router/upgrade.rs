@@ -59,10 +59,25 @@ pub trait Endpoint: 'static {
     }
 }
 
+/// Connections accepted in a row before the accept loop lets the other tasks run.
+pub const ACCEPT_BATCH: usize = 1024;
+
 /// Accepts connections until the task is dropped (which closes the listener).
+///
+/// Accepting is exempt from tokio's cooperative budget (128 operations per poll): in a
+/// reconnect storm the run queue holds a writer task for every live connection, and with the
+/// budget the loop took 128 connections per round of that queue, so a worker left 3,800
+/// handshakes waiting in its accept queue at half a core of CPU (bench/RESULTS.md, "storm").
+/// It yields after [`ACCEPT_BATCH`] instead, so deliveries still go on during a storm.
 pub async fn accept_loop<E: Endpoint>(listener: TcpListener, ep: Rc<E>) {
+    let mut in_a_row = 0;
     loop {
-        match listener.accept().await {
+        if in_a_row == ACCEPT_BATCH {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
+        in_a_row += 1;
+        match tokio::task::unconstrained(listener.accept()).await {
             Ok((tcp, _peer)) => {
                 // Frames are coalesced by the writer already; Nagle would only add latency.
                 let _ = tcp.set_nodelay(true);
