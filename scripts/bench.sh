@@ -119,8 +119,9 @@ if want_any fanout fanout10 topics publisher http idle connect storm storm-probe
   want publisher && run topics-publisher topics --topics 1000 --subs 2 --envelopes 50 --payload 100 --via publisher --tasks 64 --batch 256
   if want http; then
     start_journal
-    # One envelope per request, as fast as 32 keep-alive connections get answers.
-    run topics-http topics --topics 1000 --subs 2 --envelopes 40 --payload 100 --via http --conns 32 --batch 1 \
+    # One envelope per request, as fast as 64 keep-alive connections (an application server's
+    # concurrent requests) get answers.
+    run topics-http topics --topics 1000 --subs 2 --envelopes 40 --payload 100 --via http --conns "${HTTP_CONNS:-64}" --batch 1 \
       --journal "$JADDR" --credential "$CRED"
     stop_journal
   fi
