@@ -13,7 +13,7 @@
 //! `publisher` and `http` the journal assigns the seqs; with `local` and `amqp` the seq of
 //! envelope k of a topic is k (from 1).
 //!
-//! Pacing (`--rate`): publish what is due by now, then sleep 1 ms.
+//! Pacing (`--rate`): publish what is due by now, then wait for the next one ([`pace`]).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -96,6 +96,21 @@ fn due(rate: u64, total: u64, elapsed: Duration) -> u64 {
     if rate == 0 { total } else { ((elapsed.as_secs_f64() * rate as f64) as u64 + 1).min(total) }
 }
 
+/// Waits until envelope number `sent` is due. tokio's timer ticks in milliseconds, which at
+/// 4,000/s bunched 4-8 publishes into each wakeup, and the router then wrote them one after
+/// the other: p50 0.31-0.39 ms at 4,000/s against 0.19 ms at 1,000/s. Waits under 2 ms are
+/// slept on the thread instead (the parent has nothing else to run meanwhile but the holders'
+/// tick lines, which wait in their pipes).
+async fn pace(start: Instant, sent: u64, rate: u64) {
+    let wait = (start + Duration::from_secs_f64(sent as f64 / rate as f64)).saturating_duration_since(Instant::now());
+    if wait >= Duration::from_millis(2) {
+        tokio::time::sleep(wait).await;
+    } else {
+        std::thread::sleep(wait);
+        tokio::task::yield_now().await;
+    }
+}
+
 async fn publish_bus(cfg: &Config, via: &str, l: &Load<'_>) -> anyhow::Result<(u64, f64)> {
     let mut p = bus_publisher(cfg, via).await?;
     let n = l.names.len() as u64;
@@ -123,7 +138,7 @@ async fn publish_bus(cfg: &Config, via: &str, l: &Load<'_>) -> anyhow::Result<(u
             pending.clear();
         }
         if l.rate > 0 && sent < total {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            pace(start, sent, l.rate).await;
         }
     }
     let secs = start.elapsed().as_secs_f64();
