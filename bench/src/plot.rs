@@ -52,15 +52,9 @@ fn draw_cdfs(path: &Path, title: &str, series: &[(String, Pts)]) -> anyhow::Resu
         ch.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
     }
     if series.len() > 1 {
-        ch.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut ch)?;
     }
-    root.present()?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    finish(&root, path)
 }
 
 fn draw_timeline(path: &Path, stem: &str, storm: bool, pts: Pts, sub: Option<Pts>) -> anyhow::Result<()> {
@@ -93,12 +87,24 @@ fn draw_timeline(path: &Path, stem: &str, storm: bool, pts: Pts, sub: Option<Pts
         ch.draw_series(LineSeries::new(sub, BLUE.stroke_width(1)))?
             .label("subscribed")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(1)));
-        ch.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        legend(&mut ch)?;
     }
+    finish(&root, path)
+}
+
+/// The series labels, bottom right, on a light box (both charts plot rising curves).
+fn legend<'a, X: Ranged<ValueType = f64>, Y: Ranged<ValueType = f64>>(
+    ch: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()> {
+    ch.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+fn finish(root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, path: &Path) -> anyhow::Result<()> {
     root.present()?;
     eprintln!("wrote {}", path.display());
     Ok(())
