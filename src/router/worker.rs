@@ -153,9 +153,8 @@ pub struct Worker {
     sessions: RefCell<Vec<Option<Rc<Session>>>>,
     free: RefCell<Vec<ConnId>>,
     live: Cell<usize>,
-    /// Connections opened plus closed so far: a burst of either is followed by a heap trim.
-    churn: Cell<u64>,
-    trimmer: RefCell<super::heap::Trimmer>,
+    /// Connections opened and closed: a burst of either is followed by a heap trim.
+    heap: super::heap::Trimmer,
     /// Subscriptions by the second after which their token is expired: the shared wheel.
     expiry: RefCell<Wheel>,
     /// Entries in `expiry`, stale ones (closed connections, renewed subscriptions) included.
@@ -180,8 +179,7 @@ impl Worker {
             sessions: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             live: Cell::new(0),
-            churn: Cell::new(0),
-            trimmer: RefCell::new(super::heap::Trimmer::default()),
+            heap: super::heap::Trimmer::default(),
             expiry: RefCell::new(BTreeMap::new()),
             wheel_len: Cell::new(0),
             consumer: RefCell::new(None),
@@ -231,7 +229,7 @@ impl Worker {
         {
             self.free.borrow_mut().push(id);
             self.live.set(self.live.get() - 1);
-            self.churn.set(self.churn.get() + 1);
+            self.heap.note();
             metrics::counter!(m::CLOSES, "reason" => "ended").increment(1);
         }
     }
@@ -398,7 +396,7 @@ impl Worker {
         self.compact_wheel();
         self.keepalive();
         self.auth.sweep(now);
-        if self.trimmer.borrow_mut().due(self.churn.get(), now) {
+        if self.heap.due(now) {
             super::heap::trim();
         }
         let l = self.ledger.borrow();
@@ -492,7 +490,7 @@ impl Endpoint for Worker {
             sessions[id as usize] = Some(s.clone());
         }
         self.live.set(self.live.get() + 1);
-        self.churn.set(self.churn.get() + 1);
+        self.heap.note();
         Ok(s)
     }
 }
